@@ -1,0 +1,286 @@
+//! A filter instance: one module with one config, its warm stores and its memos.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use wasmtime::Store;
+
+use crate::bindings::Filter;
+use crate::bindings::meshfilter::filter::types as wit;
+use crate::decision::{ExportDecision, Hook, ImportDecision, MissDecision, SyncScope};
+use crate::engine::FilterEngine;
+use crate::error::{CallFailure, LoadError};
+use crate::input::{EndpointHandle, EndpointInput, Locality, MissHandle, MissInput};
+use crate::memo::{Insert, Memo, Readable};
+use crate::metrics::FilterMetrics;
+use crate::module::LoadedModule;
+use crate::store::{GuestLog, StoreLimitsConfig, StoreState};
+
+/// A live instance: a store and the bindings into it.
+pub(crate) struct Warm {
+    store: Store<StoreState>,
+    bindings: Filter,
+}
+
+/// Largest number of decision paths remembered per instance and hook.
+const MEMO_LIMIT: usize = 1 << 20;
+
+/// One chain entry made live: module, config, warm stores and memoised decisions.
+pub(crate) struct FilterInstance {
+    pub(crate) module: Arc<LoadedModule>,
+    pub(crate) config_json: String,
+    pub(crate) memoize: bool,
+    engine: Arc<FilterEngine>,
+    local: Arc<Locality>,
+    log: Arc<GuestLog>,
+    metrics: FilterMetrics,
+    warm: Mutex<Vec<Warm>>,
+    max_warm: usize,
+    memo_broken: AtomicBool,
+    export_memo: Memo<Option<ExportDecision>>,
+    import_memo: Memo<Option<ImportDecision>>,
+    miss_memo: Memo<Option<MissDecision>>,
+}
+
+/// A hook's call convention, so one code path serves all three.
+pub(crate) trait HookCall {
+    type Input: Readable + Send + Sync + 'static;
+    type Decision: Clone + Send + Sync + 'static;
+    const HOOK: Hook;
+    fn memo(instance: &FilterInstance) -> &Memo<Option<Self::Decision>>;
+    fn invoke(warm: &mut Warm, input: &Arc<Self::Input>) -> wasmtime::Result<Option<Self::Decision>>;
+}
+
+pub(crate) struct ExportCall;
+pub(crate) struct ImportCall;
+pub(crate) struct MissCall;
+
+fn scope_from_wit(scope: wit::Scope) -> SyncScope {
+    match scope {
+        wit::Scope::Cluster => SyncScope::Cluster,
+        wit::Scope::Zone => SyncScope::Zone,
+        wit::Scope::Region => SyncScope::Region,
+        wit::Scope::Global => SyncScope::Global,
+        wit::Scope::Regions(r) => SyncScope::Regions(r),
+    }
+}
+
+impl HookCall for ExportCall {
+    type Input = EndpointInput;
+    type Decision = ExportDecision;
+    const HOOK: Hook = Hook::Export;
+    fn memo(instance: &FilterInstance) -> &Memo<Option<ExportDecision>> {
+        &instance.export_memo
+    }
+    fn invoke(warm: &mut Warm, input: &Arc<EndpointInput>) -> wasmtime::Result<Option<ExportDecision>> {
+        let handle = warm.store.data_mut().push_endpoint(EndpointHandle(input.clone()))?;
+        let result = warm.bindings.meshfilter_filter_hooks().call_on_export(&mut warm.store, handle.clone_handle());
+        warm.store.data_mut().remove_endpoint(handle);
+        Ok(match result? {
+            wit::ExportDecision::Abstain => None,
+            wit::ExportDecision::Skip(reason) => Some(ExportDecision::Skip { reason }),
+            wit::ExportDecision::Sync(s) => Some(ExportDecision::Sync { scope: scope_from_wit(s.scope), reason: s.reason }),
+        })
+    }
+}
+
+impl HookCall for ImportCall {
+    type Input = EndpointInput;
+    type Decision = ImportDecision;
+    const HOOK: Hook = Hook::Import;
+    fn memo(instance: &FilterInstance) -> &Memo<Option<ImportDecision>> {
+        &instance.import_memo
+    }
+    fn invoke(warm: &mut Warm, input: &Arc<EndpointInput>) -> wasmtime::Result<Option<ImportDecision>> {
+        let handle = warm.store.data_mut().push_endpoint(EndpointHandle(input.clone()))?;
+        let result = warm.bindings.meshfilter_filter_hooks().call_on_import(&mut warm.store, handle.clone_handle());
+        warm.store.data_mut().remove_endpoint(handle);
+        Ok(match result? {
+            wit::ImportDecision::Abstain => None,
+            wit::ImportDecision::Keep(reason) => Some(ImportDecision::Keep { reason }),
+            wit::ImportDecision::Skip(reason) => Some(ImportDecision::Skip { reason }),
+        })
+    }
+}
+
+impl HookCall for MissCall {
+    type Input = MissInput;
+    type Decision = MissDecision;
+    const HOOK: Hook = Hook::Miss;
+    fn memo(instance: &FilterInstance) -> &Memo<Option<MissDecision>> {
+        &instance.miss_memo
+    }
+    fn invoke(warm: &mut Warm, input: &Arc<MissInput>) -> wasmtime::Result<Option<MissDecision>> {
+        let handle = warm.store.data_mut().push_miss(MissHandle(input.clone()))?;
+        let result = warm.bindings.meshfilter_filter_hooks().call_on_miss(&mut warm.store, handle.clone_handle());
+        warm.store.data_mut().remove_miss(handle);
+        Ok(match result? {
+            wit::MissDecision::Abstain => None,
+            wit::MissDecision::Ignore(i) => {
+                Some(MissDecision::Ignore { ttl: Duration::from_millis(u64::from(i.ttl_ms)), reason: i.reason })
+            }
+            wit::MissDecision::Resolve(r) => Some(MissDecision::Resolve { clusters: r.clusters, reason: r.reason }),
+        })
+    }
+}
+
+/// Extension to copy a borrowed-by-the-host resource handle for one call.
+trait CloneHandle {
+    fn clone_handle(&self) -> Self;
+}
+
+impl<T: 'static> CloneHandle for wasmtime::component::Resource<T> {
+    fn clone_handle(&self) -> Self {
+        wasmtime::component::Resource::new_borrow(self.rep())
+    }
+}
+
+/// Result of one instance call.
+pub(crate) struct Called<D> {
+    /// The decision, `None` for abstain.
+    pub(crate) decision: Option<D>,
+    pub(crate) memo_hit: bool,
+}
+
+impl FilterInstance {
+    /// Creates the instance: instantiates it once, configures it and runs its self-test,
+    /// so a module that cannot serve is refused before it goes live.
+    pub(crate) fn new(
+        engine: Arc<FilterEngine>,
+        module: Arc<LoadedModule>,
+        config_json: String,
+        memoize: bool,
+        local: Arc<Locality>,
+        metrics: FilterMetrics,
+    ) -> Result<FilterInstance, LoadError> {
+        let log = Arc::new(GuestLog::new(module.info.file.as_str().into(), engine.config.log_lines_per_second, metrics.clone()));
+        let max_warm = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).max(2);
+        let instance = FilterInstance {
+            module,
+            config_json,
+            memoize,
+            engine,
+            local,
+            log,
+            metrics,
+            warm: Mutex::new(Vec::new()),
+            max_warm,
+            memo_broken: AtomicBool::new(false),
+            export_memo: Memo::new(MEMO_LIMIT),
+            import_memo: Memo::new(MEMO_LIMIT),
+            miss_memo: Memo::new(MEMO_LIMIT),
+        };
+        let mut warm = instance.instantiate().map_err(|e| match e {
+            SetupError::Rejected(message) => LoadError::ConfigRejected { module: instance.file().to_string(), message },
+            SetupError::Failed(message) => {
+                LoadError::Link { module: instance.file().to_string(), step: "instantiate", reason: message }
+            }
+        })?;
+        warm.store.set_epoch_deadline(instance.engine.ticks(instance.engine.config.setup_timeout));
+        let self_test = warm.bindings.meshfilter_filter_hooks().call_self_test(&mut warm.store);
+        match self_test {
+            Ok(Ok(())) => {}
+            Ok(Err(message)) => return Err(LoadError::SelfTest { module: instance.file().to_string(), message }),
+            Err(e) => {
+                return Err(LoadError::SelfTest { module: instance.file().to_string(), message: format!("{e:#}") });
+            }
+        }
+        instance.warm.lock().push(warm);
+        Ok(instance)
+    }
+
+    pub(crate) fn file(&self) -> &str {
+        &self.module.info.file
+    }
+
+    /// Number of memoised decision paths for a hook.
+    pub(crate) fn memo_len(&self, hook: Hook) -> usize {
+        match hook {
+            Hook::Export => self.export_memo.len(),
+            Hook::Import => self.import_memo.len(),
+            Hook::Miss => self.miss_memo.len(),
+        }
+    }
+
+    fn instantiate(&self) -> Result<Warm, SetupError> {
+        let limits = StoreLimitsConfig {
+            memory_bytes: self.engine.config.memory_bytes,
+            log_lines_per_second: self.engine.config.log_lines_per_second,
+        };
+        let state = StoreState::new(&limits, self.local.clone(), self.log.clone());
+        let mut store = Store::new(&self.engine.engine, state);
+        store.limiter(|s| &mut s.limits);
+        store.epoch_deadline_trap();
+        store.set_epoch_deadline(self.engine.ticks(self.engine.config.setup_timeout));
+        let bindings = self.module.pre.instantiate(&mut store).map_err(|e| SetupError::Failed(format!("{e:#}")))?;
+        match bindings.meshfilter_filter_hooks().call_configure(&mut store, &self.config_json) {
+            Ok(Ok(())) => Ok(Warm { store, bindings }),
+            Ok(Err(message)) => Err(SetupError::Rejected(message)),
+            Err(e) => Err(SetupError::Failed(format!("configure trapped: {e:#}"))),
+        }
+    }
+
+    /// Makes one decision: from the memo when the inputs the module reads were seen
+    /// before, else by running the module in a warm store.
+    pub(crate) fn call<H: HookCall>(&self, input: &Arc<H::Input>) -> Result<Called<H::Decision>, CallFailure> {
+        let memoize = self.memoize && !self.memo_broken.load(Ordering::Relaxed);
+        if memoize && let Some(decision) = H::memo(self).lookup(&**input, &self.local) {
+            self.metrics.memo_hit(self.file(), H::HOOK.as_str());
+            return Ok(Called { decision, memo_hit: true });
+        }
+        let mut warm = match self.warm.lock().pop() {
+            Some(w) => w,
+            None => self.instantiate().map_err(|e| CallFailure::Instantiate {
+                module: self.file().to_string(),
+                message: match e {
+                    SetupError::Rejected(m) => format!("configure rejected the config: {m}"),
+                    SetupError::Failed(m) => m,
+                },
+            })?,
+        };
+        self.metrics.guest_call(self.file(), H::HOOK.as_str());
+        warm.store.data_mut().reads.clear();
+        warm.store.set_epoch_deadline(self.engine.ticks(self.engine.config.call_timeout));
+        match H::invoke(&mut warm, input) {
+            Ok(decision) => {
+                if memoize && H::memo(self).insert(&warm.store.data().reads, decision.clone()) == Insert::Conflict {
+                    self.memo_broken.store(true, Ordering::Relaxed);
+                    tracing::warn!(module = %self.file(), hook = %H::HOOK,
+                        "module read different inputs for the same values: it is not deterministic; memoisation off for it");
+                }
+                let mut pool = self.warm.lock();
+                if pool.len() < self.max_warm {
+                    pool.push(warm);
+                }
+                Ok(Called { decision, memo_hit: false })
+            }
+            Err(e) => {
+                // The store may be in any state after a trap: drop it; the next call gets a
+                // fresh instance.
+                drop(warm);
+                let failure = self.classify(e);
+                self.metrics.failure(self.file(), H::HOOK.as_str(), failure.kind());
+                Err(failure)
+            }
+        }
+    }
+
+    fn classify(&self, e: wasmtime::Error) -> CallFailure {
+        let module = self.file().to_string();
+        if let Some(wasmtime::Trap::Interrupt) = e.downcast_ref::<wasmtime::Trap>() {
+            return CallFailure::Timeout { module, deadline_ms: self.engine.config.call_timeout.as_millis() as u64 };
+        }
+        let message = format!("{e:#}");
+        if message.contains("forcing trap when growing memory") || message.contains("memory growth failure") {
+            return CallFailure::OutOfMemory { module, message };
+        }
+        CallFailure::Trap { module, message }
+    }
+}
+
+enum SetupError {
+    Rejected(String),
+    Failed(String),
+}

@@ -1,0 +1,368 @@
+//! The runtime: the generation serving decisions, and reloads that replace it atomically.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use parking_lot::Mutex;
+use sha2::Digest;
+
+use crate::decision::{ExportDecision, Hook, ImportDecision, MissDecision};
+use crate::engine::{EngineConfig, FilterEngine};
+use crate::error::LoadError;
+use crate::input::{CandidateCluster, EndpointInput, Locality, MissInput};
+use crate::instance::{ExportCall, FilterInstance, ImportCall, MissCall};
+use crate::manifest::{FilterManifest, MANIFEST_FILE};
+use crate::metrics::FilterMetrics;
+use crate::module::{LoadedModule, ModuleInfo};
+use crate::set::{Chain, FilterGeneration, FilterSet, Verdict};
+use crate::watch::WatchHandle;
+
+/// Modules compiled into the binary, with the manifest that runs them.
+#[derive(Debug, Clone)]
+pub struct BuiltinSet {
+    /// `(file name, bytes)` of each module.
+    pub modules: Vec<(String, Arc<[u8]>)>,
+    /// Which modules run where.
+    pub manifest: FilterManifest,
+}
+
+/// Where modules and the manifest come from.
+#[derive(Debug, Clone)]
+pub enum ModuleSource {
+    /// A directory holding `filters.yaml` and the modules it names (a mounted ConfigMap).
+    Directory(PathBuf),
+    /// Modules built into the binary.
+    Builtin(BuiltinSet),
+}
+
+/// Everything the runtime needs.
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// Engine limits.
+    pub engine: EngineConfig,
+    /// Module source.
+    pub source: ModuleSource,
+    /// Required sha256 (hex) per module file name; a module that differs is refused.
+    pub pins: BTreeMap<String, String>,
+    /// This host's cluster, zone and region.
+    pub local: Locality,
+}
+
+/// Status of the serving generation, for `meshfilter status` and the CLI.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GenerationInfo {
+    /// Generation number.
+    pub generation: u64,
+    /// When it went live (seconds since the Unix epoch).
+    pub loaded_at_unix: u64,
+    /// Modules it runs.
+    pub modules: Vec<ModuleInfo>,
+    /// Chain of each hook.
+    pub chains: BTreeMap<Hook, Vec<String>>,
+    /// The error of the last failed reload, if the last reload failed.
+    pub last_reload_error: Option<String>,
+}
+
+/// Serves decisions from the current filter generation and reloads it.
+pub struct FilterRuntime {
+    engine: Arc<FilterEngine>,
+    source: ModuleSource,
+    pins: BTreeMap<String, String>,
+    local: Arc<Locality>,
+    metrics: FilterMetrics,
+    current: ArcSwap<FilterGeneration>,
+    loaded: Mutex<HashMap<[u8; 32], Arc<LoadedModule>>>,
+    reloading: Mutex<()>,
+    last_error: Mutex<Option<String>>,
+    generations: tokio::sync::watch::Sender<u64>,
+}
+
+impl std::fmt::Debug for FilterRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FilterRuntime").field("generation", &self.current().number).finish_non_exhaustive()
+    }
+}
+
+impl FilterRuntime {
+    /// Builds the engine and loads the first generation. Unlike a reload, a failure here
+    /// is fatal: there is nothing to keep serving.
+    pub fn new(config: RuntimeConfig, metrics: FilterMetrics) -> Result<Arc<FilterRuntime>, LoadError> {
+        let engine = FilterEngine::new(config.engine)?;
+        let local = Arc::new(config.local);
+        let (generations, _) = tokio::sync::watch::channel(0);
+        let mut loaded = HashMap::new();
+        let first = build_generation(&engine, &config.source, &config.pins, &local, &metrics, None, &mut loaded)?
+            .expect("a first load always builds a generation");
+        metrics.set_generation(first.number);
+        metrics.reload("loaded");
+        tracing::info!(generation = first.number, modules = ?first.modules.iter().map(|m| &m.file).collect::<Vec<_>>(),
+            "filter generation loaded");
+        Ok(Arc::new(FilterRuntime {
+            engine,
+            source: config.source,
+            pins: config.pins,
+            local,
+            metrics,
+            current: ArcSwap::from_pointee(first),
+            loaded: Mutex::new(loaded),
+            reloading: Mutex::new(()),
+            last_error: Mutex::new(None),
+            generations,
+        }))
+    }
+
+    /// The generation serving now. Holding it keeps it alive: a caller that loads it once
+    /// for a batch of decisions sees one consistent filter set even across a reload.
+    pub fn current(&self) -> Arc<FilterGeneration> {
+        self.current.load_full()
+    }
+
+    /// The engine (for tools that load single modules, such as `filter check`).
+    pub fn engine(&self) -> &Arc<FilterEngine> {
+        &self.engine
+    }
+
+    /// This host's locality.
+    pub fn local(&self) -> &Locality {
+        &self.local
+    }
+
+    /// Source-side decision with the current generation.
+    pub fn decide_export(&self, endpoint: &Arc<EndpointInput>, previous: Option<&ExportDecision>) -> Verdict<ExportDecision> {
+        self.current.load().decide_export(endpoint, previous)
+    }
+
+    /// Consumer-side decision with the current generation.
+    pub fn decide_import(&self, endpoint: &Arc<EndpointInput>, previous: Option<&ImportDecision>) -> Verdict<ImportDecision> {
+        self.current.load().decide_import(endpoint, previous)
+    }
+
+    /// Node-side decision with the current generation.
+    pub fn decide_miss(&self, request: &Arc<MissInput>) -> Verdict<MissDecision> {
+        self.current.load().decide_miss(request)
+    }
+
+    /// Notified with the new generation number after every successful reload, so owners
+    /// of decided state (the sync pipeline) can re-decide it.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.generations.subscribe()
+    }
+
+    /// Reloads from the source. `Ok(None)` when nothing changed. On error the serving
+    /// generation stays as it was.
+    pub fn reload(&self) -> Result<Option<u64>, LoadError> {
+        let _one_at_a_time = self.reloading.lock();
+        let current = self.current();
+        let mut loaded = self.loaded.lock().clone();
+        let result =
+            build_generation(&self.engine, &self.source, &self.pins, &self.local, &self.metrics, Some(&current), &mut loaded);
+        match result {
+            Ok(None) => Ok(None),
+            Ok(Some(next)) => {
+                let number = next.number;
+                tracing::info!(generation = number, previous = current.number,
+                    modules = ?next.modules.iter().map(|m| format!("{}@{}", m.file, &m.sha256[..12])).collect::<Vec<_>>(),
+                    "filter generation swapped in");
+                // Keep only artifacts the new generation uses, so replaced modules are freed.
+                loaded.retain(|_, m| next.modules.iter().any(|i| i.sha256 == m.info.sha256));
+                *self.loaded.lock() = loaded;
+                self.current.store(Arc::new(next));
+                *self.last_error.lock() = None;
+                self.metrics.set_generation(number);
+                self.metrics.reload("loaded");
+                self.generations.send_replace(number);
+                Ok(Some(number))
+            }
+            Err(e) => {
+                tracing::error!(error = %e, serving = current.number, "filter reload failed; the serving generation stays");
+                *self.last_error.lock() = Some(e.to_string());
+                self.metrics.reload("failed");
+                Err(e)
+            }
+        }
+    }
+
+    /// Watches the module directory and reloads after changes settle for `debounce`.
+    /// Also rescans every `rescan` in case an event was missed. Builtin sources have
+    /// nothing to watch and return `None`.
+    pub fn watch(self: &Arc<Self>, debounce: Duration, rescan: Duration) -> Result<Option<WatchHandle>, LoadError> {
+        match &self.source {
+            ModuleSource::Builtin(_) => Ok(None),
+            ModuleSource::Directory(dir) => WatchHandle::start(Arc::downgrade(self), dir, debounce, rescan).map(Some),
+        }
+    }
+
+    /// What is serving, for status output.
+    pub fn info(&self) -> GenerationInfo {
+        let g = self.current();
+        GenerationInfo {
+            generation: g.number,
+            loaded_at_unix: g.loaded_at.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+            modules: g.modules.clone(),
+            chains: Hook::ALL.into_iter().map(|h| (h, g.chain(h))).collect(),
+            last_reload_error: self.last_error.lock().clone(),
+        }
+    }
+}
+
+/// Reads the manifest and modules, loads what changed, reuses instances whose module and
+/// config did not change, and probes new ones. `None` when the fingerprint is unchanged.
+fn build_generation(
+    engine: &Arc<FilterEngine>,
+    source: &ModuleSource,
+    pins: &BTreeMap<String, String>,
+    local: &Arc<Locality>,
+    metrics: &FilterMetrics,
+    current: Option<&FilterGeneration>,
+    loaded: &mut HashMap<[u8; 32], Arc<LoadedModule>>,
+) -> Result<Option<FilterGeneration>, LoadError> {
+    let (manifest, manifest_bytes) = read_manifest(source)?;
+    let mut fingerprint = sha2::Sha256::new();
+    fingerprint.update(&manifest_bytes);
+    let mut modules: BTreeMap<String, Arc<LoadedModule>> = BTreeMap::new();
+    for hook in Hook::ALL {
+        for entry in &manifest.hook(hook).chain {
+            if modules.contains_key(&entry.module) {
+                continue;
+            }
+            let bytes = read_module(source, &entry.module)?;
+            let digest = crate::engine::sha2_digest(&bytes);
+            let module = match loaded.get(&digest) {
+                // Same bytes as a module loaded before: its checks passed; pins are by
+                // content, so only the pin needs rechecking for a new file name.
+                Some(m) if pin_ok(pins, &entry.module, &m.info.sha256) && m.info.file == entry.module => m.clone(),
+                _ => {
+                    let m = LoadedModule::load(engine, &entry.module, &bytes, pins.get(&entry.module).map(String::as_str))?;
+                    loaded.insert(digest, m.clone());
+                    m
+                }
+            };
+            modules.insert(entry.module.clone(), module);
+        }
+    }
+    for (file, module) in &modules {
+        fingerprint.update(file.as_bytes());
+        fingerprint.update(module.digest);
+    }
+    let fingerprint: [u8; 32] = fingerprint.finalize().into();
+    if current.is_some_and(|c| c.fingerprint == fingerprint) {
+        return Ok(None);
+    }
+    let reusable: Vec<Arc<FilterInstance>> = current
+        .map(|c| [&c.set.export, &c.set.import, &c.set.miss].into_iter().flat_map(|ch| ch.entries.iter().cloned()).collect())
+        .unwrap_or_default();
+    let mut built: Vec<Arc<FilterInstance>> = Vec::new();
+    let mut chains = Vec::new();
+    for hook in Hook::ALL {
+        let hm = manifest.hook(hook);
+        let mut entries = Vec::new();
+        for entry in &hm.chain {
+            let module = &modules[&entry.module];
+            let config_json = entry.config.to_string();
+            let same = |i: &&Arc<FilterInstance>| {
+                i.module.digest == module.digest && i.config_json == config_json && i.memoize == entry.memoize
+            };
+            let instance = match reusable.iter().find(same).or_else(|| built.iter().find(same)) {
+                Some(i) => i.clone(),
+                None => {
+                    let i = Arc::new(FilterInstance::new(
+                        engine.clone(),
+                        module.clone(),
+                        config_json,
+                        entry.memoize,
+                        local.clone(),
+                        metrics.clone(),
+                    )?);
+                    built.push(i.clone());
+                    i
+                }
+            };
+            probe(hook, &instance)?;
+            entries.push(instance);
+        }
+        chains.push(Chain { entries, on_failure: hm.on_failure, otherwise: hm.otherwise });
+    }
+    let [export, import, miss]: [Chain; 3] = chains.try_into().ok().expect("three hooks");
+    Ok(Some(FilterGeneration {
+        number: current.map_or(1, |c| c.number + 1),
+        loaded_at: SystemTime::now(),
+        modules: modules.values().map(|m| m.info.clone()).collect(),
+        fingerprint,
+        set: FilterSet { export, import, miss },
+    }))
+}
+
+fn pin_ok(pins: &BTreeMap<String, String>, file: &str, sha256: &str) -> bool {
+    pins.get(file).is_none_or(|p| p.eq_ignore_ascii_case(sha256))
+}
+
+/// One call of the hook the instance serves, on a synthetic input, before it goes live: a
+/// module that traps, loops or blows its memory on an ordinary input never serves.
+fn probe(hook: Hook, instance: &FilterInstance) -> Result<(), LoadError> {
+    let endpoint = || {
+        Arc::new(EndpointInput {
+            namespace: "meshfilter-probe".into(),
+            pod_name: "probe".into(),
+            ip: "192.0.2.1".into(),
+            node_ip: Some("192.0.2.254".into()),
+            identity: 65_535,
+            origin: Locality::cluster("meshfilter-probe"),
+            ..Default::default()
+        })
+    };
+    let result = match hook {
+        Hook::Export => instance.call::<ExportCall>(&endpoint()).map(drop),
+        Hook::Import => instance.call::<ImportCall>(&endpoint()).map(drop),
+        Hook::Miss => instance
+            .call::<MissCall>(&Arc::new(MissInput {
+                address: "192.0.2.1".into(),
+                covering_prefix: Some("192.0.2.0/24".into()),
+                tunnel_endpoint: Some("192.0.2.254".into()),
+                local_node: "probe".into(),
+                candidates: vec![CandidateCluster { locality: Locality::cluster("meshfilter-probe"), owns_prefix: true }],
+            }))
+            .map(drop),
+    };
+    result.map_err(|failure| LoadError::SelfTest {
+        module: instance.file().to_string(),
+        message: format!("probe call of the {hook} hook failed: {failure}"),
+    })
+}
+
+fn read_manifest(source: &ModuleSource) -> Result<(FilterManifest, Vec<u8>), LoadError> {
+    match source {
+        ModuleSource::Builtin(set) => {
+            let text = format!("{:?}", set.manifest);
+            Ok((set.manifest.clone(), text.into_bytes()))
+        }
+        ModuleSource::Directory(dir) => {
+            let path = dir.join(MANIFEST_FILE);
+            let bytes = std::fs::read(&path).map_err(|source| LoadError::Read { path: path.clone(), source })?;
+            let text = String::from_utf8(bytes.clone())
+                .map_err(|_| LoadError::Manifest { path: path.clone(), message: "not UTF-8".into() })?;
+            Ok((FilterManifest::parse(&path, &text)?, bytes))
+        }
+    }
+}
+
+fn read_module(source: &ModuleSource, file: &str) -> Result<Vec<u8>, LoadError> {
+    match source {
+        ModuleSource::Builtin(set) => set
+            .modules
+            .iter()
+            .find(|(name, _)| name == file)
+            .map(|(_, b)| b.to_vec())
+            .ok_or_else(|| LoadError::Read {
+                path: Path::new(file).to_path_buf(),
+                source: std::io::Error::new(std::io::ErrorKind::NotFound, "no builtin module of that name"),
+            }),
+        ModuleSource::Directory(dir) => {
+            let path = dir.join(file);
+            std::fs::read(&path).map_err(|source| LoadError::Read { path, source })
+        }
+    }
+}

@@ -1,0 +1,230 @@
+//! A filter generation: the chains of every hook, as loaded at one moment, and the
+//! composition rules that turn filter answers into one decision.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use meshfilter_common::scope::SyncScope;
+
+use crate::decision::{ExportDecision, FailurePolicy, Hook, ImportDecision, MissDecision};
+use crate::error::CallFailure;
+use crate::input::{EndpointInput, MissInput};
+use crate::instance::{ExportCall, FilterInstance, HookCall, ImportCall, MissCall};
+use crate::manifest::Otherwise;
+use crate::module::ModuleInfo;
+
+/// Negative-cache time of a miss ignored by policy rather than by a filter.
+const POLICY_IGNORE_TTL: Duration = Duration::from_secs(30);
+
+/// Who made a decision.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "by", rename_all = "kebab-case")]
+pub enum Decided {
+    /// A filter of the chain.
+    Filter {
+        /// Module file.
+        module: String,
+        /// Position in the chain.
+        position: usize,
+        /// Whether the memo answered instead of the module.
+        memo_hit: bool,
+    },
+    /// Every filter abstained; the hook's `otherwise` applied.
+    Otherwise {
+        /// Open or closed.
+        otherwise: Otherwise,
+    },
+    /// A filter call failed; the failure policy applied.
+    FailurePolicy {
+        /// The policy.
+        policy: FailurePolicy,
+        /// The failure.
+        failure: CallFailure,
+    },
+}
+
+/// A decision and its provenance.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Verdict<D> {
+    /// The decision.
+    pub decision: D,
+    /// Who made it.
+    pub decided_by: Decided,
+    /// Generation that made it.
+    pub generation: u64,
+}
+
+/// One hook's chain, live.
+pub(crate) struct Chain {
+    pub(crate) entries: Vec<Arc<FilterInstance>>,
+    pub(crate) on_failure: FailurePolicy,
+    pub(crate) otherwise: Otherwise,
+}
+
+/// The chains of all hooks.
+pub struct FilterSet {
+    pub(crate) export: Chain,
+    pub(crate) import: Chain,
+    pub(crate) miss: Chain,
+}
+
+/// A filter set with its identity: what `FilterRuntime` swaps atomically on reload.
+pub struct FilterGeneration {
+    /// Increases by one with every successful reload.
+    pub number: u64,
+    /// When it went live.
+    pub loaded_at: SystemTime,
+    /// The modules it runs.
+    pub modules: Vec<ModuleInfo>,
+    pub(crate) fingerprint: [u8; 32],
+    pub(crate) set: FilterSet,
+}
+
+impl std::fmt::Debug for FilterGeneration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FilterGeneration").field("number", &self.number).field("modules", &self.modules).finish()
+    }
+}
+
+/// How a hook turns an open/closed outcome into a decision.
+trait Outcomes: HookCall {
+    fn open(input: &Self::Input, why: String) -> Self::Decision;
+    fn closed(input: &Self::Input, why: String) -> Self::Decision;
+    fn chain(set: &FilterSet) -> &Chain;
+}
+
+impl Outcomes for ExportCall {
+    fn open(_: &EndpointInput, why: String) -> ExportDecision {
+        ExportDecision::Sync { scope: SyncScope::Global, reason: why }
+    }
+    fn closed(_: &EndpointInput, why: String) -> ExportDecision {
+        ExportDecision::Skip { reason: why }
+    }
+    fn chain(set: &FilterSet) -> &Chain {
+        &set.export
+    }
+}
+
+impl Outcomes for ImportCall {
+    fn open(_: &EndpointInput, why: String) -> ImportDecision {
+        ImportDecision::Keep { reason: why }
+    }
+    fn closed(_: &EndpointInput, why: String) -> ImportDecision {
+        ImportDecision::Skip { reason: why }
+    }
+    fn chain(set: &FilterSet) -> &Chain {
+        &set.import
+    }
+}
+
+impl Outcomes for MissCall {
+    fn open(input: &MissInput, why: String) -> MissDecision {
+        let mut clusters: Vec<_> = input.candidates.iter().filter(|c| c.owns_prefix).collect();
+        clusters.extend(input.candidates.iter().filter(|c| !c.owns_prefix));
+        MissDecision::Resolve { clusters: clusters.into_iter().map(|c| c.locality.cluster.clone()).collect(), reason: why }
+    }
+    fn closed(_: &MissInput, why: String) -> MissDecision {
+        MissDecision::Ignore { ttl: POLICY_IGNORE_TTL, reason: why }
+    }
+    fn chain(set: &FilterSet) -> &Chain {
+        &set.miss
+    }
+}
+
+impl FilterGeneration {
+    /// Source side: whether and how to publish `endpoint`. `previous` is the decision last
+    /// applied to it, used by the keep-last-decision failure policy.
+    pub fn decide_export(
+        &self,
+        endpoint: &Arc<EndpointInput>,
+        previous: Option<&ExportDecision>,
+    ) -> Verdict<ExportDecision> {
+        self.decide::<ExportCall>(endpoint, previous)
+    }
+
+    /// Consumer side: whether to mirror a remote `endpoint`.
+    pub fn decide_import(
+        &self,
+        endpoint: &Arc<EndpointInput>,
+        previous: Option<&ImportDecision>,
+    ) -> Verdict<ImportDecision> {
+        self.decide::<ImportCall>(endpoint, previous)
+    }
+
+    /// Node side: what to do about a missed address.
+    pub fn decide_miss(&self, request: &Arc<MissInput>) -> Verdict<MissDecision> {
+        self.decide::<MissCall>(request, None)
+    }
+
+    /// Modules of a hook's chain, in order.
+    pub fn chain(&self, hook: Hook) -> Vec<String> {
+        self.hook_chain(hook).entries.iter().map(|e| e.file().to_string()).collect()
+    }
+
+    /// Memoised decision paths per chain entry of a hook.
+    pub fn memo_sizes(&self, hook: Hook) -> Vec<usize> {
+        self.hook_chain(hook).entries.iter().map(|e| e.memo_len(hook)).collect()
+    }
+
+    /// The failure policy of a hook.
+    pub fn failure_policy(&self, hook: Hook) -> FailurePolicy {
+        self.hook_chain(hook).on_failure
+    }
+
+    fn hook_chain(&self, hook: Hook) -> &Chain {
+        match hook {
+            Hook::Export => &self.set.export,
+            Hook::Import => &self.set.import,
+            Hook::Miss => &self.set.miss,
+        }
+    }
+
+    fn decide<H: Outcomes>(&self, input: &Arc<H::Input>, previous: Option<&H::Decision>) -> Verdict<H::Decision> {
+        let chain = H::chain(&self.set);
+        for (position, entry) in chain.entries.iter().enumerate() {
+            match entry.call::<H>(input) {
+                Ok(called) => {
+                    if let Some(decision) = called.decision {
+                        return Verdict {
+                            decision,
+                            decided_by: Decided::Filter {
+                                module: entry.file().to_string(),
+                                position,
+                                memo_hit: called.memo_hit,
+                            },
+                            generation: self.number,
+                        };
+                    }
+                }
+                Err(failure) => {
+                    tracing::warn!(hook = %H::HOOK, module = %entry.file(), generation = self.number,
+                        policy = %chain.on_failure, error = %failure, "filter call failed; applying the failure policy");
+                    let why = format!("{failure}; {} applied", chain.on_failure);
+                    let decision = match (chain.on_failure, previous) {
+                        (FailurePolicy::KeepLastDecision, Some(last)) => last.clone(),
+                        (FailurePolicy::KeepLastDecision, None) => self.otherwise::<H>(chain, input, why),
+                        (FailurePolicy::FailOpen, _) => H::open(input, why),
+                        (FailurePolicy::FailClosed, _) => H::closed(input, why),
+                    };
+                    return Verdict {
+                        decision,
+                        decided_by: Decided::FailurePolicy { policy: chain.on_failure, failure },
+                        generation: self.number,
+                    };
+                }
+            }
+        }
+        Verdict {
+            decision: self.otherwise::<H>(chain, input, "no filter decided".to_string()),
+            decided_by: Decided::Otherwise { otherwise: chain.otherwise },
+            generation: self.number,
+        }
+    }
+
+    fn otherwise<H: Outcomes>(&self, chain: &Chain, input: &H::Input, why: String) -> H::Decision {
+        match chain.otherwise {
+            Otherwise::Open => H::open(input, format!("{why}: open by default")),
+            Otherwise::Closed => H::closed(input, format!("{why}: closed by default")),
+        }
+    }
+}

@@ -1,0 +1,406 @@
+//! Per-store state: the host side of the filter interface, deny-by-default WASI, limits and
+//! the read log that feeds memoisation.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use wasmtime::component::{Resource, ResourceTable};
+use wasmtime::{StoreLimits, StoreLimitsBuilder};
+use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
+use wasmtime_wasi::{HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxView, WasiView};
+
+use crate::bindings::meshfilter::filter::{host, types};
+use crate::input::{EndpointHandle, Locality, MissHandle};
+use crate::memo::{ReadLog, ReadOp, encode};
+use crate::metrics::FilterMetrics;
+
+/// Limits applied to every store.
+#[derive(Debug, Clone)]
+pub struct StoreLimitsConfig {
+    /// Linear memory a module may grow to.
+    pub memory_bytes: usize,
+    /// Guest log lines (host `log` calls and stdout/stderr lines) per second per module.
+    pub log_lines_per_second: u32,
+}
+
+/// Rate-capped sink for one module's log lines, shared by all its stores.
+pub(crate) struct GuestLog {
+    module: Arc<str>,
+    bucket: Mutex<TokenBucket>,
+    metrics: FilterMetrics,
+}
+
+struct TokenBucket {
+    tokens: f64,
+    capacity: f64,
+    per_second: f64,
+    last: Instant,
+    dropped: u64,
+}
+
+impl GuestLog {
+    pub(crate) fn new(module: Arc<str>, lines_per_second: u32, metrics: FilterMetrics) -> GuestLog {
+        let capacity = f64::from(lines_per_second.max(1));
+        GuestLog {
+            module,
+            bucket: Mutex::new(TokenBucket {
+                tokens: capacity,
+                capacity,
+                per_second: capacity,
+                last: Instant::now(),
+                dropped: 0,
+            }),
+            metrics,
+        }
+    }
+
+    fn emit(&self, level: host::Level, message: &str) {
+        let dropped_before = {
+            let mut b = self.bucket.lock();
+            let now = Instant::now();
+            b.tokens = (b.tokens + now.duration_since(b.last).as_secs_f64() * b.per_second).min(b.capacity);
+            b.last = now;
+            if b.tokens < 1.0 {
+                b.dropped += 1;
+                self.metrics.guest_log_dropped(&self.module);
+                return;
+            }
+            b.tokens -= 1.0;
+            std::mem::take(&mut b.dropped)
+        };
+        if dropped_before > 0 {
+            tracing::warn!(module = %self.module, dropped = dropped_before, "guest log lines dropped by the rate cap");
+        }
+        let module = &*self.module;
+        match level {
+            host::Level::Trace => tracing::trace!(target: "meshfilter::guest", module, "{message}"),
+            host::Level::Debug => tracing::debug!(target: "meshfilter::guest", module, "{message}"),
+            host::Level::Info => tracing::info!(target: "meshfilter::guest", module, "{message}"),
+            host::Level::Warn => tracing::warn!(target: "meshfilter::guest", module, "{message}"),
+            host::Level::Error => tracing::error!(target: "meshfilter::guest", module, "{message}"),
+        }
+    }
+}
+
+/// Guest stdout/stderr: complete lines go to the module's log; a partial line is kept
+/// (bounded) until its newline arrives.
+#[derive(Clone)]
+struct GuestOutput {
+    log: Arc<GuestLog>,
+    level: host::Level,
+    partial: Arc<Mutex<Vec<u8>>>,
+}
+
+const MAX_LINE: usize = 4096;
+
+impl GuestOutput {
+    fn push(&self, bytes: &[u8]) {
+        let mut partial = self.partial.lock();
+        for &b in bytes {
+            if b == b'\n' || partial.len() >= MAX_LINE {
+                let line = String::from_utf8_lossy(&partial).into_owned();
+                partial.clear();
+                self.log.emit(self.level, &line);
+                if b == b'\n' {
+                    continue;
+                }
+            }
+            partial.push(b);
+        }
+    }
+}
+
+impl IsTerminal for GuestOutput {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl StdoutStream for GuestOutput {
+    fn p2_stream(&self) -> Box<dyn OutputStream> {
+        Box::new(self.clone())
+    }
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        Box::new(self.clone())
+    }
+}
+
+#[wasmtime_wasi::async_trait]
+impl Pollable for GuestOutput {
+    async fn ready(&mut self) {}
+}
+
+impl OutputStream for GuestOutput {
+    fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
+        self.push(&bytes);
+        Ok(())
+    }
+    fn flush(&mut self) -> StreamResult<()> {
+        Ok(())
+    }
+    fn check_write(&mut self) -> StreamResult<usize> {
+        Ok(64 * 1024)
+    }
+}
+
+impl tokio::io::AsyncWrite for GuestOutput {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        self.push(buf);
+        std::task::Poll::Ready(Ok(buf.len()))
+    }
+    fn poll_flush(self: std::pin::Pin<&mut Self>, _: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(self: std::pin::Pin<&mut Self>, _: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+/// A clock that never moves: decisions must not depend on time, or memoising them would
+/// be wrong. The wall clock reads as the Unix epoch.
+struct FrozenClock;
+
+impl HostWallClock for FrozenClock {
+    fn resolution(&self) -> Duration {
+        Duration::from_secs(1)
+    }
+    fn now(&self) -> Duration {
+        Duration::ZERO
+    }
+}
+
+impl HostMonotonicClock for FrozenClock {
+    fn resolution(&self) -> u64 {
+        1_000_000_000
+    }
+    fn now(&self) -> u64 {
+        0
+    }
+}
+
+/// Everything a store holds.
+pub(crate) struct StoreState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    pub(crate) limits: StoreLimits,
+    pub(crate) reads: ReadLog,
+    local: Arc<Locality>,
+    log: Arc<GuestLog>,
+}
+
+impl StoreState {
+    pub(crate) fn new(config: &StoreLimitsConfig, local: Arc<Locality>, log: Arc<GuestLog>) -> StoreState {
+        let stdout = GuestOutput { log: log.clone(), level: host::Level::Info, partial: Default::default() };
+        let stderr = GuestOutput { log: log.clone(), level: host::Level::Warn, partial: Default::default() };
+        // Deny by default: no preopened directories, no environment, no arguments, no
+        // network (sockets and name lookup disabled), stdin closed. Clocks are frozen and
+        // random numbers come from a fixed seed so a module is a pure function of its
+        // inputs; std's HashMap still works.
+        let wasi = WasiCtx::builder()
+            .stdout(stdout)
+            .stderr(stderr)
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .wall_clock(FrozenClock)
+            .monotonic_clock(FrozenClock)
+            .secure_random(wasmtime_wasi::Deterministic::new(vec![0x5a, 0xa5, 0x3c, 0xc3]))
+            .insecure_random(wasmtime_wasi::Deterministic::new(vec![0x17, 0x71]))
+            .insecure_random_seed(0x6d65_7368_6669_6c74)
+            .build();
+        let limits = StoreLimitsBuilder::new()
+            .memory_size(config.memory_bytes)
+            .instances(4)
+            .tables(8)
+            .memories(2)
+            .trap_on_grow_failure(true)
+            .build();
+        StoreState { wasi, table: ResourceTable::new(), limits, reads: ReadLog::default(), local, log }
+    }
+
+    pub(crate) fn push_endpoint(&mut self, ep: EndpointHandle) -> wasmtime::Result<Resource<EndpointHandle>> {
+        Ok(self.table.push(ep)?)
+    }
+
+    pub(crate) fn push_miss(&mut self, req: MissHandle) -> wasmtime::Result<Resource<MissHandle>> {
+        Ok(self.table.push(req)?)
+    }
+
+    pub(crate) fn remove_endpoint(&mut self, r: Resource<EndpointHandle>) {
+        let _ = self.table.delete(r);
+    }
+
+    pub(crate) fn remove_miss(&mut self, r: Resource<MissHandle>) {
+        let _ = self.table.delete(r);
+    }
+
+    fn endpoint(&self, r: &Resource<EndpointHandle>) -> Arc<crate::input::EndpointInput> {
+        // The host created this handle for the current call and deletes it afterwards;
+        // the guest can only hold a borrow, so it is always present.
+        self.table.get(r).map(|h| h.0.clone()).expect("endpoint handle is live during the call")
+    }
+
+    fn miss(&self, r: &Resource<MissHandle>) -> Arc<crate::input::MissInput> {
+        self.table.get(r).map(|h| h.0.clone()).expect("miss handle is live during the call")
+    }
+}
+
+impl WasiView for StoreState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+fn to_wit_locality(l: &Locality) -> types::Locality {
+    types::Locality { cluster: l.cluster.clone(), zone: l.zone.clone(), region: l.region.clone() }
+}
+
+impl types::Host for StoreState {}
+
+impl types::HostEndpoint for StoreState {
+    fn namespace(&mut self, r: Resource<EndpointHandle>) -> String {
+        let ep = self.endpoint(&r);
+        self.reads.record(ReadOp::Namespace, |o| encode::str(o, &ep.namespace));
+        ep.namespace.clone()
+    }
+
+    fn pod_name(&mut self, r: Resource<EndpointHandle>) -> String {
+        let ep = self.endpoint(&r);
+        self.reads.record(ReadOp::PodName, |o| encode::str(o, &ep.pod_name));
+        ep.pod_name.clone()
+    }
+
+    fn ip(&mut self, r: Resource<EndpointHandle>) -> String {
+        let ep = self.endpoint(&r);
+        self.reads.record(ReadOp::Ip, |o| encode::str(o, &ep.ip));
+        ep.ip.clone()
+    }
+
+    fn node_ip(&mut self, r: Resource<EndpointHandle>) -> Option<String> {
+        let ep = self.endpoint(&r);
+        self.reads.record(ReadOp::NodeIp, |o| encode::opt_str(o, ep.node_ip.as_deref()));
+        ep.node_ip.clone()
+    }
+
+    fn identity(&mut self, r: Resource<EndpointHandle>) -> u32 {
+        let ep = self.endpoint(&r);
+        self.reads.record(ReadOp::Identity, |o| encode::u32(o, ep.identity));
+        ep.identity
+    }
+
+    fn service_account(&mut self, r: Resource<EndpointHandle>) -> Option<String> {
+        let ep = self.endpoint(&r);
+        self.reads.record(ReadOp::ServiceAccount, |o| encode::opt_str(o, ep.service_account.as_deref()));
+        ep.service_account.clone()
+    }
+
+    fn label(&mut self, r: Resource<EndpointHandle>, key: String) -> Option<String> {
+        let ep = self.endpoint(&r);
+        let value = ep.labels.get(&key);
+        self.reads.record(ReadOp::Label(key.into()), |o| encode::opt_str(o, value.map(String::as_str)));
+        value.cloned()
+    }
+
+    fn labels(&mut self, r: Resource<EndpointHandle>) -> Vec<(String, String)> {
+        let ep = self.endpoint(&r);
+        self.reads.record(ReadOp::Labels, |o| encode::pairs(o, ep.labels.iter()));
+        ep.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+    }
+
+    fn annotation(&mut self, r: Resource<EndpointHandle>, key: String) -> Option<String> {
+        let ep = self.endpoint(&r);
+        let value = ep.annotations.get(&key);
+        self.reads.record(ReadOp::Annotation(key.into()), |o| encode::opt_str(o, value.map(String::as_str)));
+        value.cloned()
+    }
+
+    fn namespace_annotation(&mut self, r: Resource<EndpointHandle>, key: String) -> Option<String> {
+        let ep = self.endpoint(&r);
+        let value = ep.namespace_annotations.get(&key);
+        self.reads
+            .record(ReadOp::NamespaceAnnotation(key.into()), |o| encode::opt_str(o, value.map(String::as_str)));
+        value.cloned()
+    }
+
+    fn sync_scope(&mut self, r: Resource<EndpointHandle>) -> Option<String> {
+        let ep = self.endpoint(&r);
+        self.reads.record(ReadOp::SyncScope, |o| encode::opt_str(o, ep.sync_scope.as_deref()));
+        ep.sync_scope.clone()
+    }
+
+    fn origin(&mut self, r: Resource<EndpointHandle>) -> types::Locality {
+        let ep = self.endpoint(&r);
+        self.reads.record(ReadOp::Origin, |o| encode::locality(o, &ep.origin));
+        to_wit_locality(&ep.origin)
+    }
+
+    fn drop(&mut self, r: Resource<EndpointHandle>) -> wasmtime::Result<()> {
+        // Handles are owned by the host and removed after each call; a guest drop of a
+        // borrow never reaches here, but an owned handle would be released.
+        if r.owned() {
+            self.table.delete(r)?;
+        }
+        Ok(())
+    }
+}
+
+impl types::HostMissRequest for StoreState {
+    fn address(&mut self, r: Resource<MissHandle>) -> String {
+        let m = self.miss(&r);
+        self.reads.record(ReadOp::MissAddress, |o| encode::str(o, &m.address));
+        m.address.clone()
+    }
+
+    fn covering_prefix(&mut self, r: Resource<MissHandle>) -> Option<String> {
+        let m = self.miss(&r);
+        self.reads.record(ReadOp::CoveringPrefix, |o| encode::opt_str(o, m.covering_prefix.as_deref()));
+        m.covering_prefix.clone()
+    }
+
+    fn tunnel_endpoint(&mut self, r: Resource<MissHandle>) -> Option<String> {
+        let m = self.miss(&r);
+        self.reads.record(ReadOp::TunnelEndpoint, |o| encode::opt_str(o, m.tunnel_endpoint.as_deref()));
+        m.tunnel_endpoint.clone()
+    }
+
+    fn local_node(&mut self, r: Resource<MissHandle>) -> String {
+        let m = self.miss(&r);
+        self.reads.record(ReadOp::LocalNode, |o| encode::str(o, &m.local_node));
+        m.local_node.clone()
+    }
+
+    fn candidates(&mut self, r: Resource<MissHandle>) -> Vec<types::Candidate> {
+        let m = self.miss(&r);
+        self.reads.record(ReadOp::Candidates, |o| encode::candidates(o, &m.candidates));
+        m.candidates
+            .iter()
+            .map(|c| types::Candidate { locality: to_wit_locality(&c.locality), owns_prefix: c.owns_prefix })
+            .collect()
+    }
+
+    fn drop(&mut self, r: Resource<MissHandle>) -> wasmtime::Result<()> {
+        if r.owned() {
+            self.table.delete(r)?;
+        }
+        Ok(())
+    }
+}
+
+impl host::Host for StoreState {
+    fn log(&mut self, level: host::Level, message: String) {
+        self.log.emit(level, &message);
+    }
+
+    fn local(&mut self) -> types::Locality {
+        let local = self.local.clone();
+        self.reads.record(ReadOp::Local, |o| encode::locality(o, &local));
+        to_wit_locality(&local)
+    }
+}
