@@ -15,7 +15,11 @@ pub fn is_compatible(host: &str, module: &str) -> bool {
     let (Some(h), Some(m)) = (parse(host), parse(module)) else {
         return false;
     };
-    let same_line = if h.0 == 0 { m.0 == 0 && m.1 == h.1 } else { m.0 == h.0 };
+    let same_line = if h.0 == 0 {
+        m.0 == 0 && m.1 == h.1
+    } else {
+        m.0 == h.0
+    };
     same_line && m <= h
 }
 

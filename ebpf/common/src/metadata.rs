@@ -142,9 +142,18 @@ mod tests {
 
     #[test]
     fn rejects_incomplete_sections() {
-        assert_eq!(ModuleMetadata::parse(b"name=x\nsdk=1\n"), Err(MetadataError::Missing("interface")));
-        assert_eq!(ModuleMetadata::parse(b"garbage"), Err(MetadataError::Malformed));
-        assert_eq!(ModuleMetadata::parse(&[0xff, 0xfe]), Err(MetadataError::NotUtf8));
+        assert_eq!(
+            ModuleMetadata::parse(b"name=x\nsdk=1\n"),
+            Err(MetadataError::Missing("interface"))
+        );
+        assert_eq!(
+            ModuleMetadata::parse(b"garbage"),
+            Err(MetadataError::Malformed)
+        );
+        assert_eq!(
+            ModuleMetadata::parse(&[0xff, 0xfe]),
+            Err(MetadataError::NotUtf8)
+        );
         assert_eq!(
             ModuleMetadata::parse(b"interface=meshfilter:filter@0.1.0\nsdk=1\n"),
             Err(MetadataError::Missing("name"))

@@ -74,10 +74,14 @@ impl SyncScope {
                 let mut regions = Vec::new();
                 for item in list.split(',').map(str::trim) {
                     if item.is_empty() {
-                        return Err(ScopeError::EmptyListItem { value: list.to_string() });
+                        return Err(ScopeError::EmptyListItem {
+                            value: list.to_string(),
+                        });
                     }
                     if !is_region_name(item) {
-                        return Err(ScopeError::InvalidRegionName { name: item.to_string() });
+                        return Err(ScopeError::InvalidRegionName {
+                            name: item.to_string(),
+                        });
                     }
                     if !regions.iter().any(|r: &String| r == item) {
                         regions.push(item.to_string());
@@ -151,7 +155,9 @@ fn is_region_name(name: &str) -> bool {
     let bytes = name.as_bytes();
     !bytes.is_empty()
         && bytes.len() <= 63
-        && bytes.iter().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
         && bytes[0] != b'-'
         && bytes[bytes.len() - 1] != b'-'
 }
@@ -162,7 +168,11 @@ mod tests {
     use alloc::vec;
 
     fn loc<'a>(cluster: &'a str, zone: Option<&'a str>, region: Option<&'a str>) -> Locality<'a> {
-        Locality { cluster, zone, region }
+        Locality {
+            cluster,
+            zone,
+            region,
+        }
     }
 
     #[test]
@@ -176,7 +186,10 @@ mod tests {
         assert_eq!(SyncScope::parse(Some("cluster")), Ok(SyncScope::Cluster));
         assert_eq!(
             SyncScope::parse(Some("eu-west-1, us-east-1,eu-west-1")),
-            Ok(SyncScope::Regions(vec!["eu-west-1".into(), "us-east-1".into()]))
+            Ok(SyncScope::Regions(vec![
+                "eu-west-1".into(),
+                "us-east-1".into()
+            ]))
         );
     }
 
@@ -184,11 +197,15 @@ mod tests {
     fn rejects_bad_values_with_the_culprit() {
         assert_eq!(
             SyncScope::parse(Some("Global")),
-            Err(ScopeError::InvalidRegionName { name: "Global".into() })
+            Err(ScopeError::InvalidRegionName {
+                name: "Global".into()
+            })
         );
         assert_eq!(
             SyncScope::parse(Some("a,,b")),
-            Err(ScopeError::EmptyListItem { value: "a,,b".into() })
+            Err(ScopeError::EmptyListItem {
+                value: "a,,b".into()
+            })
         );
         assert!(SyncScope::parse(Some("-eu")).is_err());
         let err = SyncScope::parse(Some("eu_west")).unwrap_err();
@@ -221,7 +238,10 @@ mod tests {
         assert!(!SyncScope::Zone.admits(eu_a, eu_b));
         assert!(SyncScope::Region.admits(eu_a, eu_b));
         assert!(!SyncScope::Region.admits(eu_a, us));
-        assert!(SyncScope::Region.admits(eu_a, unknown), "unknown region fails open");
+        assert!(
+            SyncScope::Region.admits(eu_a, unknown),
+            "unknown region fails open"
+        );
         let pair = SyncScope::Regions(vec!["us".into()]);
         assert!(pair.admits(eu_a, us));
         assert!(pair.admits(eu_a, eu_b), "own region always admitted");

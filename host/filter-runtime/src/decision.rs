@@ -6,7 +6,9 @@ use std::time::Duration;
 pub use meshfilter_common::scope::SyncScope;
 
 /// The three places a filter decides.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Hook {
     /// Source side: publish an endpoint, and how far.

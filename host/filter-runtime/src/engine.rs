@@ -73,7 +73,10 @@ impl EpochTicker {
                 }
             })
             .map_err(|e| LoadError::Setup(format!("cannot start the epoch thread: {e}")))?;
-        Ok(EpochTicker { stop: Some(stop), thread: Some(thread) })
+        Ok(EpochTicker {
+            stop: Some(stop),
+            thread: Some(thread),
+        })
     }
 }
 
@@ -97,7 +100,9 @@ pub struct FilterEngine {
 
 impl std::fmt::Debug for FilterEngine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FilterEngine").field("config", &self.config).finish_non_exhaustive()
+        f.debug_struct("FilterEngine")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
     }
 }
 
@@ -118,7 +123,8 @@ impl FilterEngine {
             .max_wasm_stack(config.max_wasm_stack)
             .cranelift_opt_level(OptLevel::Speed)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
-        let engine = Engine::new(&wasm).map_err(|e| LoadError::Setup(format!("wasmtime engine: {e:#}")))?;
+        let engine =
+            Engine::new(&wasm).map_err(|e| LoadError::Setup(format!("wasmtime engine: {e:#}")))?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
             .map_err(|e| LoadError::Setup(format!("linking WASI: {e:#}")))?;
@@ -128,7 +134,13 @@ impl FilterEngine {
         if let Some(dir) = &config.disk_cache {
             prepare_cache_dir(dir)?;
         }
-        Ok(Arc::new(FilterEngine { engine, linker, config, compiled: Mutex::new(HashMap::new()), _ticker: ticker }))
+        Ok(Arc::new(FilterEngine {
+            engine,
+            linker,
+            config,
+            compiled: Mutex::new(HashMap::new()),
+            _ticker: ticker,
+        }))
     }
 
     /// Epoch ticks that make up `timeout`.
@@ -138,7 +150,12 @@ impl FilterEngine {
     }
 
     /// Compiles a component, reusing an artifact compiled earlier from the same bytes.
-    pub(crate) fn compile(&self, module: &str, sha256: &[u8; 32], bytes: &[u8]) -> Result<Component, LoadError> {
+    pub(crate) fn compile(
+        &self,
+        module: &str,
+        sha256: &[u8; 32],
+        bytes: &[u8],
+    ) -> Result<Component, LoadError> {
         if let Some(c) = self.compiled.lock().get(sha256) {
             return Ok(c.clone());
         }
@@ -169,7 +186,9 @@ impl FilterEngine {
     fn load_cached(&self, sha256: &[u8; 32]) -> Option<Component> {
         let dir = self.cache_dir()?;
         let artifact = std::fs::read(dir.join(format!("{}.cwasm", hex::encode(sha256)))).ok()?;
-        let recorded = std::fs::read_to_string(dir.join(format!("{}.cwasm.sha256", hex::encode(sha256)))).ok()?;
+        let recorded =
+            std::fs::read_to_string(dir.join(format!("{}.cwasm.sha256", hex::encode(sha256))))
+                .ok()?;
         if recorded.trim() != hex::encode(sha2_digest(&artifact)) {
             tracing::warn!(dir = %dir.display(), "cached artifact does not match the digest the host recorded; recompiling");
             return None;
@@ -188,7 +207,10 @@ impl FilterEngine {
             let name = hex::encode(sha256);
             let tmp = dir.join(format!("{name}.tmp"));
             std::fs::write(&tmp, &bytes)?;
-            std::fs::write(dir.join(format!("{name}.cwasm.sha256")), hex::encode(sha2_digest(&bytes)))?;
+            std::fs::write(
+                dir.join(format!("{name}.cwasm.sha256")),
+                hex::encode(sha2_digest(&bytes)),
+            )?;
             std::fs::rename(tmp, dir.join(format!("{name}.cwasm")))
         })();
         if let Err(e) = result {
@@ -205,8 +227,13 @@ pub(crate) fn sha2_digest(bytes: &[u8]) -> [u8; 32] {
 /// The disk cache holds native code the host will map and run, so it must be ours alone.
 fn prepare_cache_dir(dir: &Path) -> Result<(), LoadError> {
     use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
-    let err = |e: std::io::Error| LoadError::Setup(format!("artifact cache {}: {e}", dir.display()));
-    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(err)?;
+    let err =
+        |e: std::io::Error| LoadError::Setup(format!("artifact cache {}: {e}", dir.display()));
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(err)?;
     let meta = std::fs::metadata(dir).map_err(err)?;
     // SAFETY: geteuid has no preconditions and cannot fail.
     let euid = unsafe { libc_geteuid() };

@@ -33,7 +33,9 @@ pub enum LoadError {
         limit: usize,
     },
     /// The module's sha256 differs from the pinned one.
-    #[error("module {module} has sha256 {actual}, but the host config pins {expected}: refusing it")]
+    #[error(
+        "module {module} has sha256 {actual}, but the host config pins {expected}: refusing it"
+    )]
     PinMismatch {
         /// Module file name.
         module: String,
@@ -51,7 +53,9 @@ pub enum LoadError {
         reason: String,
     },
     /// The module carries no or unreadable metadata.
-    #[error("module {module} has no usable meshfilter-metadata section ({reason}); was it built with the meshfilter guest SDK?")]
+    #[error(
+        "module {module} has no usable meshfilter-metadata section ({reason}); was it built with the meshfilter guest SDK?"
+    )]
     Metadata {
         /// Module file name.
         module: String,
@@ -59,7 +63,9 @@ pub enum LoadError {
         reason: String,
     },
     /// The module was built for an interface this host does not speak.
-    #[error("module {module} ({name}) was built for interface {package}@{version}; this host speaks {host_package}@{host_version}")]
+    #[error(
+        "module {module} ({name}) was built for interface {package}@{version}; this host speaks {host_package}@{host_version}"
+    )]
     Interface {
         /// Module file name.
         module: String,

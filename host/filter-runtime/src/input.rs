@@ -20,7 +20,11 @@ pub struct Locality {
 impl Locality {
     /// A locality with only a cluster name.
     pub fn cluster(name: impl Into<String>) -> Locality {
-        Locality { cluster: name.into(), zone: None, region: None }
+        Locality {
+            cluster: name.into(),
+            zone: None,
+            region: None,
+        }
     }
 
     /// Borrowed form used by [`meshfilter_common::scope::SyncScope::admits`].

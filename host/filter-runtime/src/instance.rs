@@ -1,7 +1,7 @@
 //! A filter instance: one module with one config, its warm stores and its memos.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -39,6 +39,7 @@ pub(crate) struct FilterInstance {
     warm: Mutex<Vec<Warm>>,
     max_warm: usize,
     memo_broken: AtomicBool,
+    guest_calls: [AtomicU64; 3],
     export_memo: Memo<Option<ExportDecision>>,
     import_memo: Memo<Option<ImportDecision>>,
     miss_memo: Memo<Option<MissDecision>>,
@@ -50,7 +51,10 @@ pub(crate) trait HookCall {
     type Decision: Clone + Send + Sync + 'static;
     const HOOK: Hook;
     fn memo(instance: &FilterInstance) -> &Memo<Option<Self::Decision>>;
-    fn invoke(warm: &mut Warm, input: &Arc<Self::Input>) -> wasmtime::Result<Option<Self::Decision>>;
+    fn invoke(
+        warm: &mut Warm,
+        input: &Arc<Self::Input>,
+    ) -> wasmtime::Result<Option<Self::Decision>>;
 }
 
 pub(crate) struct ExportCall;
@@ -74,14 +78,26 @@ impl HookCall for ExportCall {
     fn memo(instance: &FilterInstance) -> &Memo<Option<ExportDecision>> {
         &instance.export_memo
     }
-    fn invoke(warm: &mut Warm, input: &Arc<EndpointInput>) -> wasmtime::Result<Option<ExportDecision>> {
-        let handle = warm.store.data_mut().push_endpoint(EndpointHandle(input.clone()))?;
-        let result = warm.bindings.meshfilter_filter_hooks().call_on_export(&mut warm.store, handle.clone_handle());
+    fn invoke(
+        warm: &mut Warm,
+        input: &Arc<EndpointInput>,
+    ) -> wasmtime::Result<Option<ExportDecision>> {
+        let handle = warm
+            .store
+            .data_mut()
+            .push_endpoint(EndpointHandle(input.clone()))?;
+        let result = warm
+            .bindings
+            .meshfilter_filter_hooks()
+            .call_on_export(&mut warm.store, handle.clone_handle());
         warm.store.data_mut().remove_endpoint(handle);
         Ok(match result? {
             wit::ExportDecision::Abstain => None,
             wit::ExportDecision::Skip(reason) => Some(ExportDecision::Skip { reason }),
-            wit::ExportDecision::Sync(s) => Some(ExportDecision::Sync { scope: scope_from_wit(s.scope), reason: s.reason }),
+            wit::ExportDecision::Sync(s) => Some(ExportDecision::Sync {
+                scope: scope_from_wit(s.scope),
+                reason: s.reason,
+            }),
         })
     }
 }
@@ -93,9 +109,18 @@ impl HookCall for ImportCall {
     fn memo(instance: &FilterInstance) -> &Memo<Option<ImportDecision>> {
         &instance.import_memo
     }
-    fn invoke(warm: &mut Warm, input: &Arc<EndpointInput>) -> wasmtime::Result<Option<ImportDecision>> {
-        let handle = warm.store.data_mut().push_endpoint(EndpointHandle(input.clone()))?;
-        let result = warm.bindings.meshfilter_filter_hooks().call_on_import(&mut warm.store, handle.clone_handle());
+    fn invoke(
+        warm: &mut Warm,
+        input: &Arc<EndpointInput>,
+    ) -> wasmtime::Result<Option<ImportDecision>> {
+        let handle = warm
+            .store
+            .data_mut()
+            .push_endpoint(EndpointHandle(input.clone()))?;
+        let result = warm
+            .bindings
+            .meshfilter_filter_hooks()
+            .call_on_import(&mut warm.store, handle.clone_handle());
         warm.store.data_mut().remove_endpoint(handle);
         Ok(match result? {
             wit::ImportDecision::Abstain => None,
@@ -114,14 +139,21 @@ impl HookCall for MissCall {
     }
     fn invoke(warm: &mut Warm, input: &Arc<MissInput>) -> wasmtime::Result<Option<MissDecision>> {
         let handle = warm.store.data_mut().push_miss(MissHandle(input.clone()))?;
-        let result = warm.bindings.meshfilter_filter_hooks().call_on_miss(&mut warm.store, handle.clone_handle());
+        let result = warm
+            .bindings
+            .meshfilter_filter_hooks()
+            .call_on_miss(&mut warm.store, handle.clone_handle());
         warm.store.data_mut().remove_miss(handle);
         Ok(match result? {
             wit::MissDecision::Abstain => None,
-            wit::MissDecision::Ignore(i) => {
-                Some(MissDecision::Ignore { ttl: Duration::from_millis(u64::from(i.ttl_ms)), reason: i.reason })
-            }
-            wit::MissDecision::Resolve(r) => Some(MissDecision::Resolve { clusters: r.clusters, reason: r.reason }),
+            wit::MissDecision::Ignore(i) => Some(MissDecision::Ignore {
+                ttl: Duration::from_millis(u64::from(i.ttl_ms)),
+                reason: i.reason,
+            }),
+            wit::MissDecision::Resolve(r) => Some(MissDecision::Resolve {
+                clusters: r.clusters,
+                reason: r.reason,
+            }),
         })
     }
 }
@@ -155,8 +187,15 @@ impl FilterInstance {
         local: Arc<Locality>,
         metrics: FilterMetrics,
     ) -> Result<FilterInstance, LoadError> {
-        let log = Arc::new(GuestLog::new(module.info.file.as_str().into(), engine.config.log_lines_per_second, metrics.clone()));
-        let max_warm = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).max(2);
+        let log = Arc::new(GuestLog::new(
+            module.info.file.as_str().into(),
+            engine.config.log_lines_per_second,
+            metrics.clone(),
+        ));
+        let max_warm = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2)
+            .max(2);
         let instance = FilterInstance {
             module,
             config_json,
@@ -168,23 +207,41 @@ impl FilterInstance {
             warm: Mutex::new(Vec::new()),
             max_warm,
             memo_broken: AtomicBool::new(false),
+            guest_calls: Default::default(),
             export_memo: Memo::new(MEMO_LIMIT),
             import_memo: Memo::new(MEMO_LIMIT),
             miss_memo: Memo::new(MEMO_LIMIT),
         };
         let mut warm = instance.instantiate().map_err(|e| match e {
-            SetupError::Rejected(message) => LoadError::ConfigRejected { module: instance.file().to_string(), message },
-            SetupError::Failed(message) => {
-                LoadError::Link { module: instance.file().to_string(), step: "instantiate", reason: message }
-            }
+            SetupError::Rejected(message) => LoadError::ConfigRejected {
+                module: instance.file().to_string(),
+                message,
+            },
+            SetupError::Failed(message) => LoadError::Link {
+                module: instance.file().to_string(),
+                step: "instantiate",
+                reason: message,
+            },
         })?;
-        warm.store.set_epoch_deadline(instance.engine.ticks(instance.engine.config.setup_timeout));
-        let self_test = warm.bindings.meshfilter_filter_hooks().call_self_test(&mut warm.store);
+        warm.store
+            .set_epoch_deadline(instance.engine.ticks(instance.engine.config.setup_timeout));
+        let self_test = warm
+            .bindings
+            .meshfilter_filter_hooks()
+            .call_self_test(&mut warm.store);
         match self_test {
             Ok(Ok(())) => {}
-            Ok(Err(message)) => return Err(LoadError::SelfTest { module: instance.file().to_string(), message }),
+            Ok(Err(message)) => {
+                return Err(LoadError::SelfTest {
+                    module: instance.file().to_string(),
+                    message,
+                });
+            }
             Err(e) => {
-                return Err(LoadError::SelfTest { module: instance.file().to_string(), message: format!("{e:#}") });
+                return Err(LoadError::SelfTest {
+                    module: instance.file().to_string(),
+                    message: format!("{e:#}"),
+                });
             }
         }
         instance.warm.lock().push(warm);
@@ -204,6 +261,11 @@ impl FilterInstance {
         }
     }
 
+    /// Times a hook ran the module (memo hits excluded).
+    pub(crate) fn guest_calls(&self, hook: Hook) -> u64 {
+        self.guest_calls[hook as usize].load(Ordering::Relaxed)
+    }
+
     fn instantiate(&self) -> Result<Warm, SetupError> {
         let limits = StoreLimitsConfig {
             memory_bytes: self.engine.config.memory_bytes,
@@ -214,8 +276,15 @@ impl FilterInstance {
         store.limiter(|s| &mut s.limits);
         store.epoch_deadline_trap();
         store.set_epoch_deadline(self.engine.ticks(self.engine.config.setup_timeout));
-        let bindings = self.module.pre.instantiate(&mut store).map_err(|e| SetupError::Failed(format!("{e:#}")))?;
-        match bindings.meshfilter_filter_hooks().call_configure(&mut store, &self.config_json) {
+        let bindings = self
+            .module
+            .pre
+            .instantiate(&mut store)
+            .map_err(|e| SetupError::Failed(format!("{e:#}")))?;
+        match bindings
+            .meshfilter_filter_hooks()
+            .call_configure(&mut store, &self.config_json)
+        {
             Ok(Ok(())) => Ok(Warm { store, bindings }),
             Ok(Err(message)) => Err(SetupError::Rejected(message)),
             Err(e) => Err(SetupError::Failed(format!("configure trapped: {e:#}"))),
@@ -224,11 +293,17 @@ impl FilterInstance {
 
     /// Makes one decision: from the memo when the inputs the module reads were seen
     /// before, else by running the module in a warm store.
-    pub(crate) fn call<H: HookCall>(&self, input: &Arc<H::Input>) -> Result<Called<H::Decision>, CallFailure> {
+    pub(crate) fn call<H: HookCall>(
+        &self,
+        input: &Arc<H::Input>,
+    ) -> Result<Called<H::Decision>, CallFailure> {
         let memoize = self.memoize && !self.memo_broken.load(Ordering::Relaxed);
         if memoize && let Some(decision) = H::memo(self).lookup(&**input, &self.local) {
             self.metrics.memo_hit(self.file(), H::HOOK.as_str());
-            return Ok(Called { decision, memo_hit: true });
+            return Ok(Called {
+                decision,
+                memo_hit: true,
+            });
         }
         let mut warm = match self.warm.lock().pop() {
             Some(w) => w,
@@ -241,11 +316,16 @@ impl FilterInstance {
             })?,
         };
         self.metrics.guest_call(self.file(), H::HOOK.as_str());
+        self.guest_calls[H::HOOK as usize].fetch_add(1, Ordering::Relaxed);
         warm.store.data_mut().reads.clear();
-        warm.store.set_epoch_deadline(self.engine.ticks(self.engine.config.call_timeout));
+        warm.store
+            .set_epoch_deadline(self.engine.ticks(self.engine.config.call_timeout));
         match H::invoke(&mut warm, input) {
             Ok(decision) => {
-                if memoize && H::memo(self).insert(&warm.store.data().reads, decision.clone()) == Insert::Conflict {
+                if memoize
+                    && H::memo(self).insert(&warm.store.data().reads, decision.clone())
+                        == Insert::Conflict
+                {
                     self.memo_broken.store(true, Ordering::Relaxed);
                     tracing::warn!(module = %self.file(), hook = %H::HOOK,
                         "module read different inputs for the same values: it is not deterministic; memoisation off for it");
@@ -254,14 +334,18 @@ impl FilterInstance {
                 if pool.len() < self.max_warm {
                     pool.push(warm);
                 }
-                Ok(Called { decision, memo_hit: false })
+                Ok(Called {
+                    decision,
+                    memo_hit: false,
+                })
             }
             Err(e) => {
                 // The store may be in any state after a trap: drop it; the next call gets a
                 // fresh instance.
                 drop(warm);
                 let failure = self.classify(e);
-                self.metrics.failure(self.file(), H::HOOK.as_str(), failure.kind());
+                self.metrics
+                    .failure(self.file(), H::HOOK.as_str(), failure.kind());
                 Err(failure)
             }
         }
@@ -270,10 +354,15 @@ impl FilterInstance {
     fn classify(&self, e: wasmtime::Error) -> CallFailure {
         let module = self.file().to_string();
         if let Some(wasmtime::Trap::Interrupt) = e.downcast_ref::<wasmtime::Trap>() {
-            return CallFailure::Timeout { module, deadline_ms: self.engine.config.call_timeout.as_millis() as u64 };
+            return CallFailure::Timeout {
+                module,
+                deadline_ms: self.engine.config.call_timeout.as_millis() as u64,
+            };
         }
         let message = format!("{e:#}");
-        if message.contains("forcing trap when growing memory") || message.contains("memory growth failure") {
+        if message.contains("forcing trap when growing memory")
+            || message.contains("memory growth failure")
+        {
             return CallFailure::OutOfMemory { module, message };
         }
         CallFailure::Trap { module, message }

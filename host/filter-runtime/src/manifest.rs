@@ -96,15 +96,23 @@ fn yes() -> bool {
 impl ChainEntry {
     /// A chain entry for `module` with no config.
     pub fn new(module: impl Into<String>) -> ChainEntry {
-        ChainEntry { module: module.into(), config: serde_json::Value::Null, memoize: true }
+        ChainEntry {
+            module: module.into(),
+            config: serde_json::Value::Null,
+            memoize: true,
+        }
     }
 }
 
 impl FilterManifest {
     /// Parses and validates manifest text; `path` is only used in errors.
     pub fn parse(path: &Path, text: &str) -> Result<FilterManifest, LoadError> {
-        let err = |message: String| LoadError::Manifest { path: path.to_path_buf(), message };
-        let manifest: FilterManifest = serde_yaml::from_str(text).map_err(|e| err(e.to_string()))?;
+        let err = |message: String| LoadError::Manifest {
+            path: path.to_path_buf(),
+            message,
+        };
+        let manifest: FilterManifest =
+            serde_yaml::from_str(text).map_err(|e| err(e.to_string()))?;
         for hook in Hook::ALL {
             for (i, entry) in manifest.hook(hook).chain.iter().enumerate() {
                 let m = &entry.module;
@@ -116,6 +124,14 @@ impl FilterManifest {
             }
         }
         Ok(manifest)
+    }
+
+    /// Manifest text running `module` without config on every hook.
+    pub fn single_yaml(module: &str) -> String {
+        Hook::ALL
+            .iter()
+            .map(|h| format!("{h}:\n  chain:\n    - module: {module}\n"))
+            .collect()
     }
 
     /// The chain of one hook.
@@ -130,10 +146,18 @@ impl FilterManifest {
     /// A manifest running one module with one config on every hook.
     pub fn single(module: &str, config: serde_json::Value) -> FilterManifest {
         let hook = HookManifest {
-            chain: vec![ChainEntry { module: module.to_string(), config, memoize: true }],
+            chain: vec![ChainEntry {
+                module: module.to_string(),
+                config,
+                memoize: true,
+            }],
             ..Default::default()
         };
-        FilterManifest { export: hook.clone(), import: hook.clone(), miss: hook }
+        FilterManifest {
+            export: hook.clone(),
+            import: hook.clone(),
+            miss: hook,
+        }
     }
 }
 
@@ -158,10 +182,18 @@ mod tests {
 
     #[test]
     fn errors_name_the_field() {
-        let e = FilterManifest::parse(Path::new("f.yaml"), "export:\n  chain:\n    - module: ../x.wasm\n").unwrap_err();
+        let e = FilterManifest::parse(
+            Path::new("f.yaml"),
+            "export:\n  chain:\n    - module: ../x.wasm\n",
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("export.chain[0].module"), "{e}");
-        let e = FilterManifest::parse(Path::new("f.yaml"), "export:\n  onFailure: explode\n").unwrap_err();
-        assert!(e.to_string().contains("onFailure") || e.to_string().contains("explode"), "{e}");
+        let e = FilterManifest::parse(Path::new("f.yaml"), "export:\n  onFailure: explode\n")
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("onFailure") || e.to_string().contains("explode"),
+            "{e}"
+        );
         let e = FilterManifest::parse(Path::new("f.yaml"), "exprt: {}\n").unwrap_err();
         assert!(e.to_string().contains("exprt"), "{e}");
     }

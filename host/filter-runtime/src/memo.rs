@@ -101,7 +101,10 @@ pub(crate) mod encode {
         opt_str(out, l.region.as_deref());
     }
 
-    pub(crate) fn pairs<'a>(out: &mut Vec<u8>, pairs: impl ExactSizeIterator<Item = (&'a String, &'a String)>) {
+    pub(crate) fn pairs<'a>(
+        out: &mut Vec<u8>,
+        pairs: impl ExactSizeIterator<Item = (&'a String, &'a String)>,
+    ) {
         u32(out, pairs.len() as u32);
         for (k, v) in pairs {
             str(out, k);
@@ -138,9 +141,10 @@ impl Readable for EndpointInput {
             ReadOp::Annotation(k) => {
                 encode::opt_str(out, self.annotations.get(&**k).map(String::as_str))
             }
-            ReadOp::NamespaceAnnotation(k) => {
-                encode::opt_str(out, self.namespace_annotations.get(&**k).map(String::as_str))
-            }
+            ReadOp::NamespaceAnnotation(k) => encode::opt_str(
+                out,
+                self.namespace_annotations.get(&**k).map(String::as_str),
+            ),
             ReadOp::SyncScope => encode::opt_str(out, self.sync_scope.as_deref()),
             ReadOp::Origin => encode::locality(out, &self.origin),
             ReadOp::Local => encode::locality(out, local),
@@ -171,7 +175,10 @@ enum Node<D> {
     /// A branch whose path has been seen up to here but whose next step is not yet known.
     Empty,
     Leaf(D),
-    Branch { op: ReadOp, children: HashMap<Box<[u8]>, Node<D>, FxBuild> },
+    Branch {
+        op: ReadOp,
+        children: HashMap<Box<[u8]>, Node<D>, FxBuild>,
+    },
 }
 
 /// Outcome of adding a path.
@@ -197,7 +204,11 @@ thread_local! {
 
 impl<D: Clone> Memo<D> {
     pub(crate) fn new(max_leaves: usize) -> Memo<D> {
-        Memo { root: RwLock::new(Node::Empty), leaves: AtomicUsize::new(0), max_leaves }
+        Memo {
+            root: RwLock::new(Node::Empty),
+            leaves: AtomicUsize::new(0),
+            max_leaves,
+        }
     }
 
     /// Number of stored decisions.
@@ -236,11 +247,19 @@ impl<D: Clone> Memo<D> {
         let mut node = &mut *root;
         for (op, value) in log.iter() {
             if let Node::Empty = node {
-                *node = Node::Branch { op: op.clone(), children: HashMap::default() };
+                *node = Node::Branch {
+                    op: op.clone(),
+                    children: HashMap::default(),
+                };
             }
             match node {
-                Node::Branch { op: expected, children } if expected == op => {
-                    node = children.entry(Box::<[u8]>::from(value)).or_insert(Node::Empty);
+                Node::Branch {
+                    op: expected,
+                    children,
+                } if expected == op => {
+                    node = children
+                        .entry(Box::<[u8]>::from(value))
+                        .or_insert(Node::Empty);
                 }
                 _ => return Insert::Conflict,
             }
@@ -262,7 +281,10 @@ mod tests {
     use super::*;
 
     fn endpoint(sync: Option<&str>, app: &str) -> EndpointInput {
-        let mut ep = EndpointInput { namespace: "ns".into(), ..Default::default() };
+        let mut ep = EndpointInput {
+            namespace: "ns".into(),
+            ..Default::default()
+        };
         if let Some(v) = sync {
             ep.labels.insert("sync".into(), v.into());
         }
@@ -319,6 +341,9 @@ mod tests {
     fn a_full_trie_stores_nothing_more() {
         let memo = Memo::new(1);
         memo.insert(&log_for(&endpoint(None, "a")), "skip");
-        assert_eq!(memo.insert(&log_for(&endpoint(Some("true"), "a")), "sync"), Insert::Full);
+        assert_eq!(
+            memo.insert(&log_for(&endpoint(Some("true"), "a")), "sync"),
+            Insert::Full
+        );
     }
 }

@@ -44,34 +44,80 @@ impl FilterMetrics {
     /// Registers every metric under `meshfilter_filter_*`.
     pub fn register(&self, registry: &mut Registry) {
         let r = registry.sub_registry_with_prefix("meshfilter_filter");
-        r.register("guest_calls", "Decisions computed by running a filter module", self.guest_calls.clone());
-        r.register("memo_hits", "Decisions answered from the memo without running the module", self.memo_hits.clone());
-        r.register("failures", "Filter calls that trapped, timed out or hit the memory limit", self.failures.clone());
-        r.register("guest_log_dropped", "Guest log lines dropped by the rate cap", self.log_dropped.clone());
-        r.register("reloads", "Filter set reloads by outcome", self.reloads.clone());
-        r.register("generation", "Number of the filter generation serving decisions", self.generation.clone());
+        r.register(
+            "guest_calls",
+            "Decisions computed by running a filter module",
+            self.guest_calls.clone(),
+        );
+        r.register(
+            "memo_hits",
+            "Decisions answered from the memo without running the module",
+            self.memo_hits.clone(),
+        );
+        r.register(
+            "failures",
+            "Filter calls that trapped, timed out or hit the memory limit",
+            self.failures.clone(),
+        );
+        r.register(
+            "guest_log_dropped",
+            "Guest log lines dropped by the rate cap",
+            self.log_dropped.clone(),
+        );
+        r.register(
+            "reloads",
+            "Filter set reloads by outcome",
+            self.reloads.clone(),
+        );
+        r.register(
+            "generation",
+            "Number of the filter generation serving decisions",
+            self.generation.clone(),
+        );
     }
 
     pub(crate) fn guest_call(&self, module: &str, hook: &str) {
-        self.guest_calls.get_or_create(&ModuleHookLabels { module: module.into(), hook: hook.into() }).inc();
+        self.guest_calls
+            .get_or_create(&ModuleHookLabels {
+                module: module.into(),
+                hook: hook.into(),
+            })
+            .inc();
     }
 
     pub(crate) fn memo_hit(&self, module: &str, hook: &str) {
-        self.memo_hits.get_or_create(&ModuleHookLabels { module: module.into(), hook: hook.into() }).inc();
+        self.memo_hits
+            .get_or_create(&ModuleHookLabels {
+                module: module.into(),
+                hook: hook.into(),
+            })
+            .inc();
     }
 
     pub(crate) fn failure(&self, module: &str, hook: &str, kind: &str) {
         self.failures
-            .get_or_create(&FailureLabels { module: module.into(), hook: hook.into(), kind: kind.into() })
+            .get_or_create(&FailureLabels {
+                module: module.into(),
+                hook: hook.into(),
+                kind: kind.into(),
+            })
             .inc();
     }
 
     pub(crate) fn guest_log_dropped(&self, module: &str) {
-        self.log_dropped.get_or_create(&ModuleLabels { module: module.into() }).inc();
+        self.log_dropped
+            .get_or_create(&ModuleLabels {
+                module: module.into(),
+            })
+            .inc();
     }
 
     pub(crate) fn reload(&self, outcome: &str) {
-        self.reloads.get_or_create(&OutcomeLabels { outcome: outcome.into() }).inc();
+        self.reloads
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.into(),
+            })
+            .inc();
     }
 
     pub(crate) fn set_generation(&self, generation: u64) {

@@ -38,7 +38,9 @@ pub struct LoadedModule {
 
 impl std::fmt::Debug for LoadedModule {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LoadedModule").field("info", &self.info).finish_non_exhaustive()
+        f.debug_struct("LoadedModule")
+            .field("info", &self.info)
+            .finish_non_exhaustive()
     }
 }
 
@@ -52,18 +54,28 @@ impl LoadedModule {
     ) -> Result<Arc<LoadedModule>, LoadError> {
         let limit = engine.config.max_module_bytes;
         if bytes.len() > limit {
-            return Err(LoadError::TooLarge { module: file.to_string(), size: bytes.len(), limit });
+            return Err(LoadError::TooLarge {
+                module: file.to_string(),
+                size: bytes.len(),
+                limit,
+            });
         }
         let digest = sha2_digest(bytes);
         let sha256 = hex::encode(digest);
         if let Some(expected) = pin
             && !expected.eq_ignore_ascii_case(&sha256)
         {
-            return Err(LoadError::PinMismatch { module: file.to_string(), expected: expected.to_string(), actual: sha256 });
+            return Err(LoadError::PinMismatch {
+                module: file.to_string(),
+                expected: expected.to_string(),
+                actual: sha256,
+            });
         }
         let section = find_metadata(file, bytes)?;
-        let meta = metadata::ModuleMetadata::parse(&section)
-            .map_err(|e| LoadError::Metadata { module: file.to_string(), reason: e.to_string() })?;
+        let meta = metadata::ModuleMetadata::parse(&section).map_err(|e| LoadError::Metadata {
+            module: file.to_string(),
+            reason: e.to_string(),
+        })?;
         if meta.interface_package != interface::PACKAGE
             || !interface::is_compatible(interface::VERSION, meta.interface_version)
         {
@@ -78,9 +90,16 @@ impl LoadedModule {
         }
         let component = engine.compile(file, &digest, bytes)?;
         let link_err = |step: &'static str| {
-            move |e: wasmtime::Error| LoadError::Link { module: file.to_string(), step, reason: format!("{e:#}") }
+            move |e: wasmtime::Error| LoadError::Link {
+                module: file.to_string(),
+                step,
+                reason: format!("{e:#}"),
+            }
         };
-        let pre = engine.linker.instantiate_pre(&component).map_err(link_err("link"))?;
+        let pre = engine
+            .linker
+            .instantiate_pre(&component)
+            .map_err(link_err("link"))?;
         let pre = FilterPre::new(pre).map_err(link_err("link"))?;
         Ok(Arc::new(LoadedModule {
             info: ModuleInfo {
@@ -100,7 +119,10 @@ impl LoadedModule {
 /// Finds the metadata section anywhere in the component, including nested core modules
 /// (where the SDK's `link_section` ends up). Also validates the binary's structure.
 fn find_metadata(file: &str, bytes: &[u8]) -> Result<Vec<u8>, LoadError> {
-    let corrupt = |reason: String| LoadError::Corrupt { module: file.to_string(), reason };
+    let corrupt = |reason: String| LoadError::Corrupt {
+        module: file.to_string(),
+        reason,
+    };
     if !Parser::is_component(bytes) {
         return Err(corrupt(if Parser::is_core_wasm(bytes) {
             "it is a core module, not a component (build filters for wasm32-wasip2)".into()
@@ -118,5 +140,8 @@ fn find_metadata(file: &str, bytes: &[u8]) -> Result<Vec<u8>, LoadError> {
             _ => {}
         }
     }
-    found.ok_or_else(|| LoadError::Metadata { module: file.to_string(), reason: "section not found".into() })
+    found.ok_or_else(|| LoadError::Metadata {
+        module: file.to_string(),
+        reason: "section not found".into(),
+    })
 }

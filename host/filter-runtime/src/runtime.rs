@@ -83,19 +83,36 @@ pub struct FilterRuntime {
 
 impl std::fmt::Debug for FilterRuntime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FilterRuntime").field("generation", &self.current().number).finish_non_exhaustive()
+        f.debug_struct("FilterRuntime")
+            .field("generation", &self.current().number)
+            .finish_non_exhaustive()
     }
 }
 
 impl FilterRuntime {
     /// Builds the engine and loads the first generation. Unlike a reload, a failure here
     /// is fatal: there is nothing to keep serving.
-    pub fn new(config: RuntimeConfig, metrics: FilterMetrics) -> Result<Arc<FilterRuntime>, LoadError> {
+    pub fn new(
+        config: RuntimeConfig,
+        metrics: FilterMetrics,
+    ) -> Result<Arc<FilterRuntime>, LoadError> {
         let engine = FilterEngine::new(config.engine)?;
-        let local = Arc::new(config.local);
+        FilterRuntime::with_engine(engine, config.source, config.pins, config.local, metrics)
+    }
+
+    /// Like [`FilterRuntime::new`] on an existing engine, so several runtimes (one per
+    /// cluster in a local demo, say) share compiled modules and one epoch thread.
+    pub fn with_engine(
+        engine: Arc<FilterEngine>,
+        source: ModuleSource,
+        pins: BTreeMap<String, String>,
+        local: Locality,
+        metrics: FilterMetrics,
+    ) -> Result<Arc<FilterRuntime>, LoadError> {
+        let local = Arc::new(local);
         let (generations, _) = tokio::sync::watch::channel(0);
         let mut loaded = HashMap::new();
-        let first = build_generation(&engine, &config.source, &config.pins, &local, &metrics, None, &mut loaded)?
+        let first = build_generation(&engine, &source, &pins, &local, &metrics, None, &mut loaded)?
             .expect("a first load always builds a generation");
         metrics.set_generation(first.number);
         metrics.reload("loaded");
@@ -103,8 +120,8 @@ impl FilterRuntime {
             "filter generation loaded");
         Ok(Arc::new(FilterRuntime {
             engine,
-            source: config.source,
-            pins: config.pins,
+            source,
+            pins,
             local,
             metrics,
             current: ArcSwap::from_pointee(first),
@@ -132,12 +149,20 @@ impl FilterRuntime {
     }
 
     /// Source-side decision with the current generation.
-    pub fn decide_export(&self, endpoint: &Arc<EndpointInput>, previous: Option<&ExportDecision>) -> Verdict<ExportDecision> {
+    pub fn decide_export(
+        &self,
+        endpoint: &Arc<EndpointInput>,
+        previous: Option<&ExportDecision>,
+    ) -> Verdict<ExportDecision> {
         self.current.load().decide_export(endpoint, previous)
     }
 
     /// Consumer-side decision with the current generation.
-    pub fn decide_import(&self, endpoint: &Arc<EndpointInput>, previous: Option<&ImportDecision>) -> Verdict<ImportDecision> {
+    pub fn decide_import(
+        &self,
+        endpoint: &Arc<EndpointInput>,
+        previous: Option<&ImportDecision>,
+    ) -> Verdict<ImportDecision> {
         self.current.load().decide_import(endpoint, previous)
     }
 
@@ -158,8 +183,15 @@ impl FilterRuntime {
         let _one_at_a_time = self.reloading.lock();
         let current = self.current();
         let mut loaded = self.loaded.lock().clone();
-        let result =
-            build_generation(&self.engine, &self.source, &self.pins, &self.local, &self.metrics, Some(&current), &mut loaded);
+        let result = build_generation(
+            &self.engine,
+            &self.source,
+            &self.pins,
+            &self.local,
+            &self.metrics,
+            Some(&current),
+            &mut loaded,
+        );
         match result {
             Ok(None) => Ok(None),
             Ok(Some(next)) => {
@@ -189,10 +221,16 @@ impl FilterRuntime {
     /// Watches the module directory and reloads after changes settle for `debounce`.
     /// Also rescans every `rescan` in case an event was missed. Builtin sources have
     /// nothing to watch and return `None`.
-    pub fn watch(self: &Arc<Self>, debounce: Duration, rescan: Duration) -> Result<Option<WatchHandle>, LoadError> {
+    pub fn watch(
+        self: &Arc<Self>,
+        debounce: Duration,
+        rescan: Duration,
+    ) -> Result<Option<WatchHandle>, LoadError> {
         match &self.source {
             ModuleSource::Builtin(_) => Ok(None),
-            ModuleSource::Directory(dir) => WatchHandle::start(Arc::downgrade(self), dir, debounce, rescan).map(Some),
+            ModuleSource::Directory(dir) => {
+                WatchHandle::start(Arc::downgrade(self), dir, debounce, rescan).map(Some)
+            }
         }
     }
 
@@ -201,7 +239,11 @@ impl FilterRuntime {
         let g = self.current();
         GenerationInfo {
             generation: g.number,
-            loaded_at_unix: g.loaded_at.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+            loaded_at_unix: g
+                .loaded_at
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
             modules: g.modules.clone(),
             chains: Hook::ALL.into_iter().map(|h| (h, g.chain(h))).collect(),
             last_reload_error: self.last_error.lock().clone(),
@@ -234,9 +276,19 @@ fn build_generation(
             let module = match loaded.get(&digest) {
                 // Same bytes as a module loaded before: its checks passed; pins are by
                 // content, so only the pin needs rechecking for a new file name.
-                Some(m) if pin_ok(pins, &entry.module, &m.info.sha256) && m.info.file == entry.module => m.clone(),
+                Some(m)
+                    if pin_ok(pins, &entry.module, &m.info.sha256)
+                        && m.info.file == entry.module =>
+                {
+                    m.clone()
+                }
                 _ => {
-                    let m = LoadedModule::load(engine, &entry.module, &bytes, pins.get(&entry.module).map(String::as_str))?;
+                    let m = LoadedModule::load(
+                        engine,
+                        &entry.module,
+                        &bytes,
+                        pins.get(&entry.module).map(String::as_str),
+                    )?;
                     loaded.insert(digest, m.clone());
                     m
                 }
@@ -253,7 +305,12 @@ fn build_generation(
         return Ok(None);
     }
     let reusable: Vec<Arc<FilterInstance>> = current
-        .map(|c| [&c.set.export, &c.set.import, &c.set.miss].into_iter().flat_map(|ch| ch.entries.iter().cloned()).collect())
+        .map(|c| {
+            [&c.set.export, &c.set.import, &c.set.miss]
+                .into_iter()
+                .flat_map(|ch| ch.entries.iter().cloned())
+                .collect()
+        })
         .unwrap_or_default();
     let mut built: Vec<Arc<FilterInstance>> = Vec::new();
     let mut chains = Vec::new();
@@ -264,9 +321,15 @@ fn build_generation(
             let module = &modules[&entry.module];
             let config_json = entry.config.to_string();
             let same = |i: &&Arc<FilterInstance>| {
-                i.module.digest == module.digest && i.config_json == config_json && i.memoize == entry.memoize
+                i.module.digest == module.digest
+                    && i.config_json == config_json
+                    && i.memoize == entry.memoize
             };
-            let instance = match reusable.iter().find(same).or_else(|| built.iter().find(same)) {
+            let instance = match reusable
+                .iter()
+                .find(same)
+                .or_else(|| built.iter().find(same))
+            {
                 Some(i) => i.clone(),
                 None => {
                     let i = Arc::new(FilterInstance::new(
@@ -284,7 +347,11 @@ fn build_generation(
             probe(hook, &instance)?;
             entries.push(instance);
         }
-        chains.push(Chain { entries, on_failure: hm.on_failure, otherwise: hm.otherwise });
+        chains.push(Chain {
+            entries,
+            on_failure: hm.on_failure,
+            otherwise: hm.otherwise,
+        });
     }
     let [export, import, miss]: [Chain; 3] = chains.try_into().ok().expect("three hooks");
     Ok(Some(FilterGeneration {
@@ -292,12 +359,17 @@ fn build_generation(
         loaded_at: SystemTime::now(),
         modules: modules.values().map(|m| m.info.clone()).collect(),
         fingerprint,
-        set: FilterSet { export, import, miss },
+        set: FilterSet {
+            export,
+            import,
+            miss,
+        },
     }))
 }
 
 fn pin_ok(pins: &BTreeMap<String, String>, file: &str, sha256: &str) -> bool {
-    pins.get(file).is_none_or(|p| p.eq_ignore_ascii_case(sha256))
+    pins.get(file)
+        .is_none_or(|p| p.eq_ignore_ascii_case(sha256))
 }
 
 /// One call of the hook the instance serves, on a synthetic input, before it goes live: a
@@ -323,7 +395,10 @@ fn probe(hook: Hook, instance: &FilterInstance) -> Result<(), LoadError> {
                 covering_prefix: Some("192.0.2.0/24".into()),
                 tunnel_endpoint: Some("192.0.2.254".into()),
                 local_node: "probe".into(),
-                candidates: vec![CandidateCluster { locality: Locality::cluster("meshfilter-probe"), owns_prefix: true }],
+                candidates: vec![CandidateCluster {
+                    locality: Locality::cluster("meshfilter-probe"),
+                    owns_prefix: true,
+                }],
             }))
             .map(drop),
     };
@@ -341,9 +416,14 @@ fn read_manifest(source: &ModuleSource) -> Result<(FilterManifest, Vec<u8>), Loa
         }
         ModuleSource::Directory(dir) => {
             let path = dir.join(MANIFEST_FILE);
-            let bytes = std::fs::read(&path).map_err(|source| LoadError::Read { path: path.clone(), source })?;
-            let text = String::from_utf8(bytes.clone())
-                .map_err(|_| LoadError::Manifest { path: path.clone(), message: "not UTF-8".into() })?;
+            let bytes = std::fs::read(&path).map_err(|source| LoadError::Read {
+                path: path.clone(),
+                source,
+            })?;
+            let text = String::from_utf8(bytes.clone()).map_err(|_| LoadError::Manifest {
+                path: path.clone(),
+                message: "not UTF-8".into(),
+            })?;
             Ok((FilterManifest::parse(&path, &text)?, bytes))
         }
     }
@@ -358,7 +438,10 @@ fn read_module(source: &ModuleSource, file: &str) -> Result<Vec<u8>, LoadError> 
             .map(|(_, b)| b.to_vec())
             .ok_or_else(|| LoadError::Read {
                 path: Path::new(file).to_path_buf(),
-                source: std::io::Error::new(std::io::ErrorKind::NotFound, "no builtin module of that name"),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "no builtin module of that name",
+                ),
             }),
         ModuleSource::Directory(dir) => {
             let path = dir.join(file);

@@ -82,7 +82,10 @@ pub struct FilterGeneration {
 
 impl std::fmt::Debug for FilterGeneration {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FilterGeneration").field("number", &self.number).field("modules", &self.modules).finish()
+        f.debug_struct("FilterGeneration")
+            .field("number", &self.number)
+            .field("modules", &self.modules)
+            .finish()
     }
 }
 
@@ -91,17 +94,25 @@ trait Outcomes: HookCall {
     fn open(input: &Self::Input, why: String) -> Self::Decision;
     fn closed(input: &Self::Input, why: String) -> Self::Decision;
     fn chain(set: &FilterSet) -> &Chain;
+    /// How the input is named in log lines.
+    fn describe(input: &Self::Input) -> String;
 }
 
 impl Outcomes for ExportCall {
     fn open(_: &EndpointInput, why: String) -> ExportDecision {
-        ExportDecision::Sync { scope: SyncScope::Global, reason: why }
+        ExportDecision::Sync {
+            scope: SyncScope::Global,
+            reason: why,
+        }
     }
     fn closed(_: &EndpointInput, why: String) -> ExportDecision {
         ExportDecision::Skip { reason: why }
     }
     fn chain(set: &FilterSet) -> &Chain {
         &set.export
+    }
+    fn describe(input: &EndpointInput) -> String {
+        input.display_name()
     }
 }
 
@@ -115,19 +126,38 @@ impl Outcomes for ImportCall {
     fn chain(set: &FilterSet) -> &Chain {
         &set.import
     }
+    fn describe(input: &EndpointInput) -> String {
+        format!(
+            "{} from cluster {}",
+            input.display_name(),
+            input.origin.cluster
+        )
+    }
 }
 
 impl Outcomes for MissCall {
     fn open(input: &MissInput, why: String) -> MissDecision {
         let mut clusters: Vec<_> = input.candidates.iter().filter(|c| c.owns_prefix).collect();
         clusters.extend(input.candidates.iter().filter(|c| !c.owns_prefix));
-        MissDecision::Resolve { clusters: clusters.into_iter().map(|c| c.locality.cluster.clone()).collect(), reason: why }
+        MissDecision::Resolve {
+            clusters: clusters
+                .into_iter()
+                .map(|c| c.locality.cluster.clone())
+                .collect(),
+            reason: why,
+        }
     }
     fn closed(_: &MissInput, why: String) -> MissDecision {
-        MissDecision::Ignore { ttl: POLICY_IGNORE_TTL, reason: why }
+        MissDecision::Ignore {
+            ttl: POLICY_IGNORE_TTL,
+            reason: why,
+        }
     }
     fn chain(set: &FilterSet) -> &Chain {
         &set.miss
+    }
+    fn describe(input: &MissInput) -> String {
+        format!("miss for {}", input.address)
     }
 }
 
@@ -158,12 +188,30 @@ impl FilterGeneration {
 
     /// Modules of a hook's chain, in order.
     pub fn chain(&self, hook: Hook) -> Vec<String> {
-        self.hook_chain(hook).entries.iter().map(|e| e.file().to_string()).collect()
+        self.hook_chain(hook)
+            .entries
+            .iter()
+            .map(|e| e.file().to_string())
+            .collect()
     }
 
     /// Memoised decision paths per chain entry of a hook.
     pub fn memo_sizes(&self, hook: Hook) -> Vec<usize> {
-        self.hook_chain(hook).entries.iter().map(|e| e.memo_len(hook)).collect()
+        self.hook_chain(hook)
+            .entries
+            .iter()
+            .map(|e| e.memo_len(hook))
+            .collect()
+    }
+
+    /// Times each chain entry of a hook ran its module (memo hits excluded). Instances
+    /// carried over from an earlier generation keep their counts.
+    pub fn guest_calls(&self, hook: Hook) -> Vec<u64> {
+        self.hook_chain(hook)
+            .entries
+            .iter()
+            .map(|e| e.guest_calls(hook))
+            .collect()
     }
 
     /// The failure policy of a hook.
@@ -179,7 +227,11 @@ impl FilterGeneration {
         }
     }
 
-    fn decide<H: Outcomes>(&self, input: &Arc<H::Input>, previous: Option<&H::Decision>) -> Verdict<H::Decision> {
+    fn decide<H: Outcomes>(
+        &self,
+        input: &Arc<H::Input>,
+        previous: Option<&H::Decision>,
+    ) -> Verdict<H::Decision> {
         let chain = H::chain(&self.set);
         for (position, entry) in chain.entries.iter().enumerate() {
             match entry.call::<H>(input) {
@@ -197,18 +249,23 @@ impl FilterGeneration {
                     }
                 }
                 Err(failure) => {
-                    tracing::warn!(hook = %H::HOOK, module = %entry.file(), generation = self.number,
+                    tracing::warn!(hook = %H::HOOK, module = %entry.file(), endpoint = %H::describe(input), generation = self.number,
                         policy = %chain.on_failure, error = %failure, "filter call failed; applying the failure policy");
                     let why = format!("{failure}; {} applied", chain.on_failure);
                     let decision = match (chain.on_failure, previous) {
                         (FailurePolicy::KeepLastDecision, Some(last)) => last.clone(),
-                        (FailurePolicy::KeepLastDecision, None) => self.otherwise::<H>(chain, input, why),
+                        (FailurePolicy::KeepLastDecision, None) => {
+                            self.otherwise::<H>(chain, input, why)
+                        }
                         (FailurePolicy::FailOpen, _) => H::open(input, why),
                         (FailurePolicy::FailClosed, _) => H::closed(input, why),
                     };
                     return Verdict {
                         decision,
-                        decided_by: Decided::FailurePolicy { policy: chain.on_failure, failure },
+                        decided_by: Decided::FailurePolicy {
+                            policy: chain.on_failure,
+                            failure,
+                        },
                         generation: self.number,
                     };
                 }
@@ -216,7 +273,9 @@ impl FilterGeneration {
         }
         Verdict {
             decision: self.otherwise::<H>(chain, input, "no filter decided".to_string()),
-            decided_by: Decided::Otherwise { otherwise: chain.otherwise },
+            decided_by: Decided::Otherwise {
+                otherwise: chain.otherwise,
+            },
             generation: self.number,
         }
     }

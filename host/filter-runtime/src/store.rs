@@ -61,7 +61,8 @@ impl GuestLog {
         let dropped_before = {
             let mut b = self.bucket.lock();
             let now = Instant::now();
-            b.tokens = (b.tokens + now.duration_since(b.last).as_secs_f64() * b.per_second).min(b.capacity);
+            b.tokens = (b.tokens + now.duration_since(b.last).as_secs_f64() * b.per_second)
+                .min(b.capacity);
             b.last = now;
             if b.tokens < 1.0 {
                 b.dropped += 1;
@@ -155,10 +156,16 @@ impl tokio::io::AsyncWrite for GuestOutput {
         self.push(buf);
         std::task::Poll::Ready(Ok(buf.len()))
     }
-    fn poll_flush(self: std::pin::Pin<&mut Self>, _: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
         std::task::Poll::Ready(Ok(()))
     }
-    fn poll_shutdown(self: std::pin::Pin<&mut Self>, _: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
         std::task::Poll::Ready(Ok(()))
     }
 }
@@ -196,9 +203,21 @@ pub(crate) struct StoreState {
 }
 
 impl StoreState {
-    pub(crate) fn new(config: &StoreLimitsConfig, local: Arc<Locality>, log: Arc<GuestLog>) -> StoreState {
-        let stdout = GuestOutput { log: log.clone(), level: host::Level::Info, partial: Default::default() };
-        let stderr = GuestOutput { log: log.clone(), level: host::Level::Warn, partial: Default::default() };
+    pub(crate) fn new(
+        config: &StoreLimitsConfig,
+        local: Arc<Locality>,
+        log: Arc<GuestLog>,
+    ) -> StoreState {
+        let stdout = GuestOutput {
+            log: log.clone(),
+            level: host::Level::Info,
+            partial: Default::default(),
+        };
+        let stderr = GuestOutput {
+            log: log.clone(),
+            level: host::Level::Warn,
+            partial: Default::default(),
+        };
         // Deny by default: no preopened directories, no environment, no arguments, no
         // network (sockets and name lookup disabled), stdin closed. Clocks are frozen and
         // random numbers come from a fixed seed so a module is a pure function of its
@@ -211,7 +230,9 @@ impl StoreState {
             .allow_ip_name_lookup(false)
             .wall_clock(FrozenClock)
             .monotonic_clock(FrozenClock)
-            .secure_random(wasmtime_wasi::Deterministic::new(vec![0x5a, 0xa5, 0x3c, 0xc3]))
+            .secure_random(wasmtime_wasi::Deterministic::new(vec![
+                0x5a, 0xa5, 0x3c, 0xc3,
+            ]))
             .insecure_random(wasmtime_wasi::Deterministic::new(vec![0x17, 0x71]))
             .insecure_random_seed(0x6d65_7368_6669_6c74)
             .build();
@@ -222,10 +243,20 @@ impl StoreState {
             .memories(2)
             .trap_on_grow_failure(true)
             .build();
-        StoreState { wasi, table: ResourceTable::new(), limits, reads: ReadLog::default(), local, log }
+        StoreState {
+            wasi,
+            table: ResourceTable::new(),
+            limits,
+            reads: ReadLog::default(),
+            local,
+            log,
+        }
     }
 
-    pub(crate) fn push_endpoint(&mut self, ep: EndpointHandle) -> wasmtime::Result<Resource<EndpointHandle>> {
+    pub(crate) fn push_endpoint(
+        &mut self,
+        ep: EndpointHandle,
+    ) -> wasmtime::Result<Resource<EndpointHandle>> {
         Ok(self.table.push(ep)?)
     }
 
@@ -244,22 +275,35 @@ impl StoreState {
     fn endpoint(&self, r: &Resource<EndpointHandle>) -> Arc<crate::input::EndpointInput> {
         // The host created this handle for the current call and deletes it afterwards;
         // the guest can only hold a borrow, so it is always present.
-        self.table.get(r).map(|h| h.0.clone()).expect("endpoint handle is live during the call")
+        self.table
+            .get(r)
+            .map(|h| h.0.clone())
+            .expect("endpoint handle is live during the call")
     }
 
     fn miss(&self, r: &Resource<MissHandle>) -> Arc<crate::input::MissInput> {
-        self.table.get(r).map(|h| h.0.clone()).expect("miss handle is live during the call")
+        self.table
+            .get(r)
+            .map(|h| h.0.clone())
+            .expect("miss handle is live during the call")
     }
 }
 
 impl WasiView for StoreState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
     }
 }
 
 fn to_wit_locality(l: &Locality) -> types::Locality {
-    types::Locality { cluster: l.cluster.clone(), zone: l.zone.clone(), region: l.region.clone() }
+    types::Locality {
+        cluster: l.cluster.clone(),
+        zone: l.zone.clone(),
+        region: l.region.clone(),
+    }
 }
 
 impl types::Host for StoreState {}
@@ -267,13 +311,15 @@ impl types::Host for StoreState {}
 impl types::HostEndpoint for StoreState {
     fn namespace(&mut self, r: Resource<EndpointHandle>) -> String {
         let ep = self.endpoint(&r);
-        self.reads.record(ReadOp::Namespace, |o| encode::str(o, &ep.namespace));
+        self.reads
+            .record(ReadOp::Namespace, |o| encode::str(o, &ep.namespace));
         ep.namespace.clone()
     }
 
     fn pod_name(&mut self, r: Resource<EndpointHandle>) -> String {
         let ep = self.endpoint(&r);
-        self.reads.record(ReadOp::PodName, |o| encode::str(o, &ep.pod_name));
+        self.reads
+            .record(ReadOp::PodName, |o| encode::str(o, &ep.pod_name));
         ep.pod_name.clone()
     }
 
@@ -285,39 +331,52 @@ impl types::HostEndpoint for StoreState {
 
     fn node_ip(&mut self, r: Resource<EndpointHandle>) -> Option<String> {
         let ep = self.endpoint(&r);
-        self.reads.record(ReadOp::NodeIp, |o| encode::opt_str(o, ep.node_ip.as_deref()));
+        self.reads.record(ReadOp::NodeIp, |o| {
+            encode::opt_str(o, ep.node_ip.as_deref())
+        });
         ep.node_ip.clone()
     }
 
     fn identity(&mut self, r: Resource<EndpointHandle>) -> u32 {
         let ep = self.endpoint(&r);
-        self.reads.record(ReadOp::Identity, |o| encode::u32(o, ep.identity));
+        self.reads
+            .record(ReadOp::Identity, |o| encode::u32(o, ep.identity));
         ep.identity
     }
 
     fn service_account(&mut self, r: Resource<EndpointHandle>) -> Option<String> {
         let ep = self.endpoint(&r);
-        self.reads.record(ReadOp::ServiceAccount, |o| encode::opt_str(o, ep.service_account.as_deref()));
+        self.reads.record(ReadOp::ServiceAccount, |o| {
+            encode::opt_str(o, ep.service_account.as_deref())
+        });
         ep.service_account.clone()
     }
 
     fn label(&mut self, r: Resource<EndpointHandle>, key: String) -> Option<String> {
         let ep = self.endpoint(&r);
         let value = ep.labels.get(&key);
-        self.reads.record(ReadOp::Label(key.into()), |o| encode::opt_str(o, value.map(String::as_str)));
+        self.reads.record(ReadOp::Label(key.into()), |o| {
+            encode::opt_str(o, value.map(String::as_str))
+        });
         value.cloned()
     }
 
     fn labels(&mut self, r: Resource<EndpointHandle>) -> Vec<(String, String)> {
         let ep = self.endpoint(&r);
-        self.reads.record(ReadOp::Labels, |o| encode::pairs(o, ep.labels.iter()));
-        ep.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+        self.reads
+            .record(ReadOp::Labels, |o| encode::pairs(o, ep.labels.iter()));
+        ep.labels
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
     }
 
     fn annotation(&mut self, r: Resource<EndpointHandle>, key: String) -> Option<String> {
         let ep = self.endpoint(&r);
         let value = ep.annotations.get(&key);
-        self.reads.record(ReadOp::Annotation(key.into()), |o| encode::opt_str(o, value.map(String::as_str)));
+        self.reads.record(ReadOp::Annotation(key.into()), |o| {
+            encode::opt_str(o, value.map(String::as_str))
+        });
         value.cloned()
     }
 
@@ -325,19 +384,24 @@ impl types::HostEndpoint for StoreState {
         let ep = self.endpoint(&r);
         let value = ep.namespace_annotations.get(&key);
         self.reads
-            .record(ReadOp::NamespaceAnnotation(key.into()), |o| encode::opt_str(o, value.map(String::as_str)));
+            .record(ReadOp::NamespaceAnnotation(key.into()), |o| {
+                encode::opt_str(o, value.map(String::as_str))
+            });
         value.cloned()
     }
 
     fn sync_scope(&mut self, r: Resource<EndpointHandle>) -> Option<String> {
         let ep = self.endpoint(&r);
-        self.reads.record(ReadOp::SyncScope, |o| encode::opt_str(o, ep.sync_scope.as_deref()));
+        self.reads.record(ReadOp::SyncScope, |o| {
+            encode::opt_str(o, ep.sync_scope.as_deref())
+        });
         ep.sync_scope.clone()
     }
 
     fn origin(&mut self, r: Resource<EndpointHandle>) -> types::Locality {
         let ep = self.endpoint(&r);
-        self.reads.record(ReadOp::Origin, |o| encode::locality(o, &ep.origin));
+        self.reads
+            .record(ReadOp::Origin, |o| encode::locality(o, &ep.origin));
         to_wit_locality(&ep.origin)
     }
 
@@ -354,34 +418,44 @@ impl types::HostEndpoint for StoreState {
 impl types::HostMissRequest for StoreState {
     fn address(&mut self, r: Resource<MissHandle>) -> String {
         let m = self.miss(&r);
-        self.reads.record(ReadOp::MissAddress, |o| encode::str(o, &m.address));
+        self.reads
+            .record(ReadOp::MissAddress, |o| encode::str(o, &m.address));
         m.address.clone()
     }
 
     fn covering_prefix(&mut self, r: Resource<MissHandle>) -> Option<String> {
         let m = self.miss(&r);
-        self.reads.record(ReadOp::CoveringPrefix, |o| encode::opt_str(o, m.covering_prefix.as_deref()));
+        self.reads.record(ReadOp::CoveringPrefix, |o| {
+            encode::opt_str(o, m.covering_prefix.as_deref())
+        });
         m.covering_prefix.clone()
     }
 
     fn tunnel_endpoint(&mut self, r: Resource<MissHandle>) -> Option<String> {
         let m = self.miss(&r);
-        self.reads.record(ReadOp::TunnelEndpoint, |o| encode::opt_str(o, m.tunnel_endpoint.as_deref()));
+        self.reads.record(ReadOp::TunnelEndpoint, |o| {
+            encode::opt_str(o, m.tunnel_endpoint.as_deref())
+        });
         m.tunnel_endpoint.clone()
     }
 
     fn local_node(&mut self, r: Resource<MissHandle>) -> String {
         let m = self.miss(&r);
-        self.reads.record(ReadOp::LocalNode, |o| encode::str(o, &m.local_node));
+        self.reads
+            .record(ReadOp::LocalNode, |o| encode::str(o, &m.local_node));
         m.local_node.clone()
     }
 
     fn candidates(&mut self, r: Resource<MissHandle>) -> Vec<types::Candidate> {
         let m = self.miss(&r);
-        self.reads.record(ReadOp::Candidates, |o| encode::candidates(o, &m.candidates));
+        self.reads
+            .record(ReadOp::Candidates, |o| encode::candidates(o, &m.candidates));
         m.candidates
             .iter()
-            .map(|c| types::Candidate { locality: to_wit_locality(&c.locality), owns_prefix: c.owns_prefix })
+            .map(|c| types::Candidate {
+                locality: to_wit_locality(&c.locality),
+                owns_prefix: c.owns_prefix,
+            })
             .collect()
     }
 
@@ -400,7 +474,8 @@ impl host::Host for StoreState {
 
     fn local(&mut self) -> types::Locality {
         let local = self.local.clone();
-        self.reads.record(ReadOp::Local, |o| encode::locality(o, &local));
+        self.reads
+            .record(ReadOp::Local, |o| encode::locality(o, &local));
         to_wit_locality(&local)
     }
 }

@@ -44,12 +44,13 @@ impl WatchHandle {
     ) -> Result<WatchHandle, LoadError> {
         let (tx, rx) = mpsc::channel();
         let events = tx.clone();
-        let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-            if event.is_ok_and(|e| !e.kind.is_access()) {
-                let _ = events.send(Message::Changed);
-            }
-        })
-        .map_err(|e| LoadError::Setup(format!("cannot watch {}: {e}", dir.display())))?;
+        let mut watcher =
+            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+                if event.is_ok_and(|e| !e.kind.is_access()) {
+                    let _ = events.send(Message::Changed);
+                }
+            })
+            .map_err(|e| LoadError::Setup(format!("cannot watch {}: {e}", dir.display())))?;
         watcher
             .watch(dir, RecursiveMode::NonRecursive)
             .map_err(|e| LoadError::Setup(format!("cannot watch {}: {e}", dir.display())))?;
@@ -57,11 +58,20 @@ impl WatchHandle {
             .name("meshfilter-reload".into())
             .spawn(move || run(runtime, rx, debounce, rescan))
             .map_err(|e| LoadError::Setup(format!("cannot start the reload thread: {e}")))?;
-        Ok(WatchHandle { _watcher: watcher, stop: tx, thread: Some(thread) })
+        Ok(WatchHandle {
+            _watcher: watcher,
+            stop: tx,
+            thread: Some(thread),
+        })
     }
 }
 
-fn run(runtime: Weak<FilterRuntime>, rx: mpsc::Receiver<Message>, debounce: Duration, rescan: Duration) {
+fn run(
+    runtime: Weak<FilterRuntime>,
+    rx: mpsc::Receiver<Message>,
+    debounce: Duration,
+    rescan: Duration,
+) {
     loop {
         match rx.recv_timeout(rescan) {
             Ok(Message::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => return,
@@ -78,7 +88,9 @@ fn run(runtime: Weak<FilterRuntime>, rx: mpsc::Receiver<Message>, debounce: Dura
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {}
         }
-        let Some(runtime) = runtime.upgrade() else { return };
+        let Some(runtime) = runtime.upgrade() else {
+            return;
+        };
         // Errors are logged, counted and kept for status by `reload` itself.
         let _ = runtime.reload();
     }

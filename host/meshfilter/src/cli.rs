@@ -1,0 +1,110 @@
+//! Command-line interface.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::telemetry::LogFormat;
+
+/// meshfilter: Cilium Cluster Mesh sync with workload-controlled scope, on-demand
+/// resolution of datapath misses, and decisions made by WebAssembly filters.
+#[derive(Debug, Parser)]
+#[command(name = "meshfilter", version, propagate_version = true)]
+pub struct Cli {
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// More log output (repeat for more).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Top-level commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Work with filter modules: validate, try on endpoints, benchmark.
+    #[command(subcommand)]
+    Filter(FilterCommand),
+    /// Run the default filter over a bundled sample of realistic endpoints from several
+    /// clusters and print what each cluster exports and imports, and why.
+    Demo(DemoArgs),
+}
+
+/// `meshfilter filter ...`
+#[derive(Debug, Subcommand)]
+pub enum FilterCommand {
+    /// Validate a module: metadata, interface version, config, self-test and one probe
+    /// call per hook.
+    Check(ModuleArgs),
+    /// Run a module over endpoints from a YAML file and print a table of decisions and
+    /// reasons; cases with `expect` are checked (exit code 1 on a mismatch).
+    Test(TestArgs),
+    /// Measure decisions per second and latency, Wasm against native Rust, with and
+    /// without memoisation.
+    Bench(BenchArgs),
+}
+
+/// A module and its config.
+#[derive(Debug, Args)]
+pub struct ModuleArgs {
+    /// Module file, or `builtin:<name>` for a shipped filter (e.g. `builtin:cfp-scope`).
+    pub module: String,
+    /// Config passed to the module's `configure`: JSON or YAML text, or `@file`.
+    #[arg(long)]
+    pub config: Option<String>,
+    /// This host's cluster name.
+    #[arg(long, default_value = "local")]
+    pub cluster: String,
+    /// This host's zone.
+    #[arg(long)]
+    pub zone: Option<String>,
+    /// This host's region.
+    #[arg(long)]
+    pub region: Option<String>,
+}
+
+/// `filter test`
+#[derive(Debug, Args)]
+pub struct TestArgs {
+    #[command(flatten)]
+    pub module: ModuleArgs,
+    /// YAML file of cases (`local`, and `cases` with `hook`, `endpoint` or `request`,
+    /// optional `name` and `expect`).
+    #[arg(long)]
+    pub endpoints: PathBuf,
+    /// Print the table as JSON lines instead.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `filter bench`
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub module: ModuleArgs,
+    /// Decisions per measurement.
+    #[arg(long, default_value_t = 200_000)]
+    pub iterations: usize,
+    /// Labels per synthetic endpoint.
+    #[arg(long, default_value_t = 10)]
+    pub labels: usize,
+    /// Distinct endpoints in the memoised run.
+    #[arg(long, default_value_t = 500_000)]
+    pub endpoints: usize,
+    /// Distinct label sets (identities) among them.
+    #[arg(long, default_value_t = 25_000)]
+    pub identities: usize,
+}
+
+/// `demo`
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Sample mesh description (defaults to the bundled one).
+    #[arg(long)]
+    pub sample: Option<PathBuf>,
+    /// Config for cfp-scope (JSON/YAML text or `@file`).
+    #[arg(long)]
+    pub config: Option<String>,
+}
