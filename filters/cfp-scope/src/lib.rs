@@ -24,6 +24,10 @@ use meshfilter_guest_sdk::{
 use serde::Deserialize;
 use std::time::Duration;
 
+/// Reason for the most common decision of all (most pods never opt in), spelled out so
+/// the hot path formats nothing. A test checks it names [`SYNC`].
+const NOT_OPTED_IN: &str = "not opted in: no clustermesh.cilium.io/sync label or annotation";
+
 /// What happens to a pod that neither it nor its namespace opted in or out.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -160,9 +164,7 @@ impl CfpScope {
                 "want true or false",
             )),
             None => match self.settings.default {
-                DefaultMode::OptIn => Err(ExportDecision::skip(format!(
-                    "not opted in: no {SYNC} label or annotation"
-                ))),
+                DefaultMode::OptIn => Err(ExportDecision::skip(NOT_OPTED_IN)),
                 DefaultMode::OptOut => Ok(OptedIn("default opt-out mode".to_string())),
             },
         }

@@ -556,3 +556,11 @@ fn odd_input_never_panics() {
         );
     }
 }
+
+#[test]
+fn the_static_reason_names_the_label() {
+    assert_eq!(
+        NOT_OPTED_IN,
+        format!("not opted in: no {SYNC} label or annotation")
+    );
+}

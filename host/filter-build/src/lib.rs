@@ -21,7 +21,14 @@ pub fn build_filters(packages: &[&str]) -> Result<PathBuf, String> {
         std::env::var_os("CARGO_MANIFEST_DIR").ok_or("CARGO_MANIFEST_DIR is not set")?,
     );
     let workspace = find_workspace(&manifest_dir)?;
-    for dir in ["guest-sdk", "filters", "tests/filters", "ebpf/common"] {
+    for dir in [
+        "guest-sdk",
+        "filters",
+        "tests/filters",
+        "ebpf/common",
+        "Cargo.toml",
+        "Cargo.lock",
+    ] {
         println!("cargo:rerun-if-changed={}", workspace.join(dir).display());
     }
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());

@@ -1,6 +1,7 @@
 //! Decisions as the host uses them, independent of the generated bindings.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 pub use meshfilter_common::scope::SyncScope;
@@ -39,14 +40,15 @@ impl fmt::Display for Hook {
     }
 }
 
-/// Export decision for one endpoint.
+/// Export decision for one endpoint. Reasons are shared strings: a memoised decision is
+/// handed out many times and cloning it must not allocate.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[serde(tag = "action", rename_all = "lowercase")]
 pub enum ExportDecision {
     /// Do not publish (delete a copy published earlier).
     Skip {
         /// Why.
-        reason: String,
+        reason: Arc<str>,
     },
     /// Publish with this scope.
     Sync {
@@ -54,7 +56,7 @@ pub enum ExportDecision {
         #[serde(serialize_with = "serialize_scope")]
         scope: SyncScope,
         /// Why.
-        reason: String,
+        reason: Arc<str>,
     },
 }
 
@@ -86,12 +88,12 @@ pub enum ImportDecision {
     /// Mirror it.
     Keep {
         /// Why.
-        reason: String,
+        reason: Arc<str>,
     },
     /// Do not mirror it (delete a mirrored copy).
     Skip {
         /// Why.
-        reason: String,
+        reason: Arc<str>,
     },
 }
 
@@ -119,14 +121,14 @@ pub enum MissDecision {
         #[serde(with = "duration_ms")]
         ttl: Duration,
         /// Why.
-        reason: String,
+        reason: Arc<str>,
     },
     /// Resolve from these clusters, in order.
     Resolve {
         /// Cluster names, first tried first.
         clusters: Vec<String>,
         /// Why.
-        reason: String,
+        reason: Arc<str>,
     },
 }
 

@@ -64,21 +64,17 @@ pub enum LoadError {
     },
     /// The module was built for an interface this host does not speak.
     #[error(
-        "module {module} ({name}) was built for interface {package}@{version}; this host speaks {host_package}@{host_version}"
+        "module {module} ({name}) was built for interface {found}; this host speaks {expected}"
     )]
     Interface {
         /// Module file name.
         module: String,
         /// Filter name from its metadata.
         name: String,
-        /// Interface package of the module.
-        package: String,
-        /// Interface version of the module.
-        version: String,
-        /// Interface package of the host.
-        host_package: &'static str,
-        /// Interface version of the host.
-        host_version: &'static str,
+        /// `package@version` the module was built for.
+        found: String,
+        /// `package@version` this host speaks.
+        expected: String,
     },
     /// Compilation or linking failed.
     #[error("module {module} failed to {step}: {reason}")]

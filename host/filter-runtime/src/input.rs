@@ -2,7 +2,6 @@
 //! by the guest through resource methods.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 /// Where a cluster or node is.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -113,11 +112,12 @@ pub struct MissInput {
     pub candidates: Vec<CandidateCluster>,
 }
 
-/// Resource representation of an endpoint inside a store: a shared pointer to the
-/// caller's input, so handing it to the guest copies nothing.
-#[derive(Debug, Clone)]
-pub struct EndpointHandle(pub(crate) Arc<EndpointInput>);
+/// Resource type of the endpoint handed to the guest. The store keeps one handle for its
+/// whole life and points it at the current call's input, so a call allocates no table
+/// entry; the data lives in [`crate::store::StoreState`].
+#[derive(Debug, Clone, Copy)]
+pub struct EndpointHandle;
 
-/// Resource representation of a miss request inside a store.
-#[derive(Debug, Clone)]
-pub struct MissHandle(pub(crate) Arc<MissInput>);
+/// Resource type of the miss request handed to the guest (see [`EndpointHandle`]).
+#[derive(Debug, Clone, Copy)]
+pub struct MissHandle;

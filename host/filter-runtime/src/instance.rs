@@ -12,7 +12,7 @@ use crate::bindings::meshfilter::filter::types as wit;
 use crate::decision::{ExportDecision, Hook, ImportDecision, MissDecision, SyncScope};
 use crate::engine::FilterEngine;
 use crate::error::{CallFailure, LoadError};
-use crate::input::{EndpointHandle, EndpointInput, Locality, MissHandle, MissInput};
+use crate::input::{EndpointInput, Locality, MissInput};
 use crate::memo::{Insert, Memo, Readable};
 use crate::metrics::FilterMetrics;
 use crate::module::LoadedModule;
@@ -30,6 +30,8 @@ const MEMO_LIMIT: usize = 1 << 20;
 /// One chain entry made live: module, config, warm stores and memoised decisions.
 pub(crate) struct FilterInstance {
     pub(crate) module: Arc<LoadedModule>,
+    /// Module file name, shared with every verdict that names it.
+    pub(crate) file: Arc<str>,
     pub(crate) config_json: String,
     pub(crate) memoize: bool,
     engine: Arc<FilterEngine>,
@@ -40,6 +42,11 @@ pub(crate) struct FilterInstance {
     max_warm: usize,
     memo_broken: AtomicBool,
     guest_calls: [AtomicU64; 3],
+    /// Prometheus counters per hook: (guest calls, memo hits).
+    counters: [(
+        prometheus_client::metrics::counter::Counter,
+        prometheus_client::metrics::counter::Counter,
+    ); 3],
     export_memo: Memo<Option<ExportDecision>>,
     import_memo: Memo<Option<ImportDecision>>,
     miss_memo: Memo<Option<MissDecision>>,
@@ -82,21 +89,20 @@ impl HookCall for ExportCall {
         warm: &mut Warm,
         input: &Arc<EndpointInput>,
     ) -> wasmtime::Result<Option<ExportDecision>> {
-        let handle = warm
-            .store
-            .data_mut()
-            .push_endpoint(EndpointHandle(input.clone()))?;
+        let handle = warm.store.data_mut().set_endpoint(input.clone())?;
         let result = warm
             .bindings
             .meshfilter_filter_hooks()
-            .call_on_export(&mut warm.store, handle.clone_handle());
-        warm.store.data_mut().remove_endpoint(handle);
+            .call_on_export(&mut warm.store, handle);
+        warm.store.data_mut().clear_inputs();
         Ok(match result? {
             wit::ExportDecision::Abstain => None,
-            wit::ExportDecision::Skip(reason) => Some(ExportDecision::Skip { reason }),
+            wit::ExportDecision::Skip(reason) => Some(ExportDecision::Skip {
+                reason: reason.into(),
+            }),
             wit::ExportDecision::Sync(s) => Some(ExportDecision::Sync {
                 scope: scope_from_wit(s.scope),
-                reason: s.reason,
+                reason: s.reason.into(),
             }),
         })
     }
@@ -113,19 +119,20 @@ impl HookCall for ImportCall {
         warm: &mut Warm,
         input: &Arc<EndpointInput>,
     ) -> wasmtime::Result<Option<ImportDecision>> {
-        let handle = warm
-            .store
-            .data_mut()
-            .push_endpoint(EndpointHandle(input.clone()))?;
+        let handle = warm.store.data_mut().set_endpoint(input.clone())?;
         let result = warm
             .bindings
             .meshfilter_filter_hooks()
-            .call_on_import(&mut warm.store, handle.clone_handle());
-        warm.store.data_mut().remove_endpoint(handle);
+            .call_on_import(&mut warm.store, handle);
+        warm.store.data_mut().clear_inputs();
         Ok(match result? {
             wit::ImportDecision::Abstain => None,
-            wit::ImportDecision::Keep(reason) => Some(ImportDecision::Keep { reason }),
-            wit::ImportDecision::Skip(reason) => Some(ImportDecision::Skip { reason }),
+            wit::ImportDecision::Keep(reason) => Some(ImportDecision::Keep {
+                reason: reason.into(),
+            }),
+            wit::ImportDecision::Skip(reason) => Some(ImportDecision::Skip {
+                reason: reason.into(),
+            }),
         })
     }
 }
@@ -138,34 +145,23 @@ impl HookCall for MissCall {
         &instance.miss_memo
     }
     fn invoke(warm: &mut Warm, input: &Arc<MissInput>) -> wasmtime::Result<Option<MissDecision>> {
-        let handle = warm.store.data_mut().push_miss(MissHandle(input.clone()))?;
+        let handle = warm.store.data_mut().set_miss(input.clone())?;
         let result = warm
             .bindings
             .meshfilter_filter_hooks()
-            .call_on_miss(&mut warm.store, handle.clone_handle());
-        warm.store.data_mut().remove_miss(handle);
+            .call_on_miss(&mut warm.store, handle);
+        warm.store.data_mut().clear_inputs();
         Ok(match result? {
             wit::MissDecision::Abstain => None,
             wit::MissDecision::Ignore(i) => Some(MissDecision::Ignore {
                 ttl: Duration::from_millis(u64::from(i.ttl_ms)),
-                reason: i.reason,
+                reason: i.reason.into(),
             }),
             wit::MissDecision::Resolve(r) => Some(MissDecision::Resolve {
                 clusters: r.clusters,
-                reason: r.reason,
+                reason: r.reason.into(),
             }),
         })
-    }
-}
-
-/// Extension to copy a borrowed-by-the-host resource handle for one call.
-trait CloneHandle {
-    fn clone_handle(&self) -> Self;
-}
-
-impl<T: 'static> CloneHandle for wasmtime::component::Resource<T> {
-    fn clone_handle(&self) -> Self {
-        wasmtime::component::Resource::new_borrow(self.rep())
     }
 }
 
@@ -196,8 +192,12 @@ impl FilterInstance {
             .map(|n| n.get())
             .unwrap_or(2)
             .max(2);
+        let file: Arc<str> = module.info.file.as_str().into();
+        let counters = Hook::ALL.map(|h| metrics.call_counters(&file, h.as_str()));
         let instance = FilterInstance {
             module,
+            file,
+            counters,
             config_json,
             memoize,
             engine,
@@ -249,7 +249,7 @@ impl FilterInstance {
     }
 
     pub(crate) fn file(&self) -> &str {
-        &self.module.info.file
+        &self.file
     }
 
     /// Number of memoised decision paths for a hook.
@@ -299,7 +299,7 @@ impl FilterInstance {
     ) -> Result<Called<H::Decision>, CallFailure> {
         let memoize = self.memoize && !self.memo_broken.load(Ordering::Relaxed);
         if memoize && let Some(decision) = H::memo(self).lookup(&**input, &self.local) {
-            self.metrics.memo_hit(self.file(), H::HOOK.as_str());
+            self.counters[H::HOOK as usize].1.inc();
             return Ok(Called {
                 decision,
                 memo_hit: true,
@@ -315,7 +315,7 @@ impl FilterInstance {
                 },
             })?,
         };
-        self.metrics.guest_call(self.file(), H::HOOK.as_str());
+        self.counters[H::HOOK as usize].0.inc();
         self.guest_calls[H::HOOK as usize].fetch_add(1, Ordering::Relaxed);
         warm.store.data_mut().reads.clear();
         warm.store

@@ -76,22 +76,17 @@ impl FilterMetrics {
         );
     }
 
-    pub(crate) fn guest_call(&self, module: &str, hook: &str) {
-        self.guest_calls
-            .get_or_create(&ModuleHookLabels {
-                module: module.into(),
-                hook: hook.into(),
-            })
-            .inc();
-    }
-
-    pub(crate) fn memo_hit(&self, module: &str, hook: &str) {
-        self.memo_hits
-            .get_or_create(&ModuleHookLabels {
-                module: module.into(),
-                hook: hook.into(),
-            })
-            .inc();
+    /// The guest-call and memo-hit counters of one module and hook, looked up once so the
+    /// decision path only increments an atomic.
+    pub(crate) fn call_counters(&self, module: &str, hook: &str) -> (Counter, Counter) {
+        let labels = ModuleHookLabels {
+            module: module.into(),
+            hook: hook.into(),
+        };
+        (
+            self.guest_calls.get_or_create(&labels).clone(),
+            self.memo_hits.get_or_create(&labels).clone(),
+        )
     }
 
     pub(crate) fn failure(&self, module: &str, hook: &str, kind: &str) {

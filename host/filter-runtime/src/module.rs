@@ -82,10 +82,8 @@ impl LoadedModule {
             return Err(LoadError::Interface {
                 module: file.to_string(),
                 name: meta.name.to_string(),
-                package: meta.interface_package.to_string(),
-                version: meta.interface_version.to_string(),
-                host_package: interface::PACKAGE,
-                host_version: interface::VERSION,
+                found: format!("{}@{}", meta.interface_package, meta.interface_version),
+                expected: format!("{}@{}", interface::PACKAGE, interface::VERSION),
             });
         }
         let component = engine.compile(file, &digest, bytes)?;

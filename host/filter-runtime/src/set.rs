@@ -23,7 +23,7 @@ pub enum Decided {
     /// A filter of the chain.
     Filter {
         /// Module file.
-        module: String,
+        module: Arc<str>,
         /// Position in the chain.
         position: usize,
         /// Whether the memo answered instead of the module.
@@ -102,11 +102,11 @@ impl Outcomes for ExportCall {
     fn open(_: &EndpointInput, why: String) -> ExportDecision {
         ExportDecision::Sync {
             scope: SyncScope::Global,
-            reason: why,
+            reason: why.into(),
         }
     }
     fn closed(_: &EndpointInput, why: String) -> ExportDecision {
-        ExportDecision::Skip { reason: why }
+        ExportDecision::Skip { reason: why.into() }
     }
     fn chain(set: &FilterSet) -> &Chain {
         &set.export
@@ -118,10 +118,10 @@ impl Outcomes for ExportCall {
 
 impl Outcomes for ImportCall {
     fn open(_: &EndpointInput, why: String) -> ImportDecision {
-        ImportDecision::Keep { reason: why }
+        ImportDecision::Keep { reason: why.into() }
     }
     fn closed(_: &EndpointInput, why: String) -> ImportDecision {
-        ImportDecision::Skip { reason: why }
+        ImportDecision::Skip { reason: why.into() }
     }
     fn chain(set: &FilterSet) -> &Chain {
         &set.import
@@ -144,13 +144,13 @@ impl Outcomes for MissCall {
                 .into_iter()
                 .map(|c| c.locality.cluster.clone())
                 .collect(),
-            reason: why,
+            reason: why.into(),
         }
     }
     fn closed(_: &MissInput, why: String) -> MissDecision {
         MissDecision::Ignore {
             ttl: POLICY_IGNORE_TTL,
-            reason: why,
+            reason: why.into(),
         }
     }
     fn chain(set: &FilterSet) -> &Chain {
@@ -240,7 +240,7 @@ impl FilterGeneration {
                         return Verdict {
                             decision,
                             decided_by: Decided::Filter {
-                                module: entry.file().to_string(),
+                                module: entry.file.clone(),
                                 position,
                                 memo_hit: called.memo_hit,
                             },

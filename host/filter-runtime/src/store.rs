@@ -13,7 +13,7 @@ use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 use wasmtime_wasi::{HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxView, WasiView};
 
 use crate::bindings::meshfilter::filter::{host, types};
-use crate::input::{EndpointHandle, Locality, MissHandle};
+use crate::input::{EndpointHandle, EndpointInput, Locality, MissHandle, MissInput};
 use crate::memo::{ReadLog, ReadOp, encode};
 use crate::metrics::FilterMetrics;
 
@@ -200,6 +200,10 @@ pub(crate) struct StoreState {
     pub(crate) reads: ReadLog,
     local: Arc<Locality>,
     log: Arc<GuestLog>,
+    endpoint: Option<Arc<EndpointInput>>,
+    miss: Option<Arc<MissInput>>,
+    endpoint_handle: Option<Resource<EndpointHandle>>,
+    miss_handle: Option<Resource<MissHandle>>,
 }
 
 impl StoreState {
@@ -250,42 +254,59 @@ impl StoreState {
             reads: ReadLog::default(),
             local,
             log,
+            endpoint: None,
+            miss: None,
+            endpoint_handle: None,
+            miss_handle: None,
         }
     }
 
-    pub(crate) fn push_endpoint(
+    /// Makes `input` the endpoint of the next call and returns the handle to pass.
+    pub(crate) fn set_endpoint(
         &mut self,
-        ep: EndpointHandle,
+        input: Arc<EndpointInput>,
     ) -> wasmtime::Result<Resource<EndpointHandle>> {
-        Ok(self.table.push(ep)?)
+        self.endpoint = Some(input);
+        let handle = match &self.endpoint_handle {
+            Some(h) => h,
+            None => self
+                .endpoint_handle
+                .insert(self.table.push(EndpointHandle)?),
+        };
+        Ok(Resource::new_borrow(handle.rep()))
     }
 
-    pub(crate) fn push_miss(&mut self, req: MissHandle) -> wasmtime::Result<Resource<MissHandle>> {
-        Ok(self.table.push(req)?)
+    /// Makes `input` the miss request of the next call and returns the handle to pass.
+    pub(crate) fn set_miss(
+        &mut self,
+        input: Arc<MissInput>,
+    ) -> wasmtime::Result<Resource<MissHandle>> {
+        self.miss = Some(input);
+        let handle = match &self.miss_handle {
+            Some(h) => h,
+            None => self.miss_handle.insert(self.table.push(MissHandle)?),
+        };
+        Ok(Resource::new_borrow(handle.rep()))
     }
 
-    pub(crate) fn remove_endpoint(&mut self, r: Resource<EndpointHandle>) {
-        let _ = self.table.delete(r);
+    /// Forgets the call's input so the store holds no reference to it while idle.
+    pub(crate) fn clear_inputs(&mut self) {
+        self.endpoint = None;
+        self.miss = None;
     }
 
-    pub(crate) fn remove_miss(&mut self, r: Resource<MissHandle>) {
-        let _ = self.table.delete(r);
+    fn endpoint(&self, _: &Resource<EndpointHandle>) -> Arc<EndpointInput> {
+        // The guest can only hold a borrow of the handle, valid during the call, and the
+        // host sets the input before every call.
+        self.endpoint
+            .clone()
+            .expect("an endpoint is set during the call")
     }
 
-    fn endpoint(&self, r: &Resource<EndpointHandle>) -> Arc<crate::input::EndpointInput> {
-        // The host created this handle for the current call and deletes it afterwards;
-        // the guest can only hold a borrow, so it is always present.
-        self.table
-            .get(r)
-            .map(|h| h.0.clone())
-            .expect("endpoint handle is live during the call")
-    }
-
-    fn miss(&self, r: &Resource<MissHandle>) -> Arc<crate::input::MissInput> {
-        self.table
-            .get(r)
-            .map(|h| h.0.clone())
-            .expect("miss handle is live during the call")
+    fn miss(&self, _: &Resource<MissHandle>) -> Arc<MissInput> {
+        self.miss
+            .clone()
+            .expect("a miss request is set during the call")
     }
 }
 

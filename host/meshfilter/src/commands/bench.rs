@@ -15,6 +15,9 @@ use meshfilter_filter_runtime::{EndpointInput, Hook, Locality};
 
 use crate::cli::BenchArgs;
 
+/// Endpoints in the hot working set: recently parsed, in cache.
+const HOT_SET: usize = 1_000;
+
 pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
     let engine = super::engine()?;
     let local = super::locality(&args.module);
@@ -27,15 +30,23 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
         args.iterations
     );
 
+    // Uncached: memoisation off, so every decision runs the module. Measured on a hot
+    // working set (as in the pipeline, where an endpoint is decided right after it was
+    // parsed) and on the whole cold set.
     let uncached = super::load_single(&engine, &args.module, local.clone(), false)?;
     let generation = uncached.current();
-    for ep in endpoints.iter().take(2_000) {
+    let hot = &endpoints[..endpoints.len().min(HOT_SET)];
+    for ep in hot {
         black_box(generation.decide_export(ep, None));
     }
     let wasm = measure(args.iterations, |i| {
-        black_box(generation.decide_export(&endpoints[i % endpoints.len()], None));
+        black_box(generation.decide_export(&hot[i % hot.len()], None));
     });
     report("wasm, uncached", &wasm);
+    let cold = measure(args.iterations.min(endpoints.len()), |i| {
+        black_box(generation.decide_export(&endpoints[(i * 7919) % endpoints.len()], None));
+    });
+    report("  (cold endpoints)", &cold);
 
     let memoised = super::load_single(&engine, &args.module, local.clone(), true)?;
     let generation = memoised.current();
@@ -45,8 +56,8 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
     }
     let first_pass = started.elapsed();
     let calls = generation.memo_sizes(Hook::Export).iter().sum::<usize>();
-    let memo = measure(endpoints.len(), |i| {
-        black_box(generation.decide_export(&endpoints[i], None));
+    let memo = measure(args.iterations, |i| {
+        black_box(generation.decide_export(&hot[i % hot.len()], None));
     });
     println!(
         "wasm, memoised      first pass over {} endpoints: {:.1} ms, {} module calls ({} decision paths); {:.2} M effective decisions/s",
@@ -65,11 +76,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
         .map(|m| m.name.clone())
         .unwrap_or_default();
     if name == "cfp-scope" {
-        let native = super::super::commands::bench::native::measure_cfp_scope(
-            &endpoints,
-            &local,
-            args.iterations,
-        )?;
+        let native = native::measure_cfp_scope(&endpoints, &local, args.iterations)?;
         report("native, cfp-scope", &native);
         println!(
             "wasm/native p50 ratio: {:.1}x",
@@ -125,13 +132,16 @@ fn report(label: &str, m: &Measurement) {
     );
 }
 
+/// Namespace, labels and annotations shared by the endpoints of one identity.
+type LabelSet = (String, BTreeMap<String, String>, BTreeMap<String, String>);
+
 /// Endpoints spread over `identities` label sets; 5% opted in, some regional.
 pub fn synthetic_endpoints(
     count: usize,
     identities: usize,
     label_count: usize,
 ) -> Vec<Arc<EndpointInput>> {
-    let sets: Vec<(String, BTreeMap<String, String>, BTreeMap<String, String>)> = (0..identities)
+    let sets: Vec<LabelSet> = (0..identities)
         .map(|i| {
             let mut l = BTreeMap::new();
             let candidates = [
@@ -179,7 +189,10 @@ pub fn synthetic_endpoints(
 }
 
 pub mod native {
-    //! The cfp-scope filter compiled natively, run through the guest SDK's native harness.
+    //! The cfp-scope filter compiled natively, run through the guest SDK's native harness:
+    //! the same Rust code as the module, without Wasm.
+    use meshfilter_guest_sdk::{Endpoint, Filter, testing};
+
     use super::*;
 
     pub fn measure_cfp_scope(
@@ -187,7 +200,32 @@ pub mod native {
         local: &Locality,
         iterations: usize,
     ) -> anyhow::Result<Measurement> {
-        let _ = (endpoints, local, iterations);
-        anyhow::bail!("native comparison not wired yet")
+        let mut sdk_local = meshfilter_guest_sdk::Locality::new(local.cluster.clone());
+        sdk_local.zone = local.zone.clone();
+        sdk_local.region = local.region.clone();
+        testing::set_local(sdk_local);
+        let filter: cfp_scope::CfpScope = testing::load("null").map_err(|e| anyhow::anyhow!(e))?;
+        // Native endpoints are built up front: the measurement is the decision alone.
+        let native: Vec<Endpoint> = endpoints
+            .iter()
+            .take(iterations.min(endpoints.len()))
+            .map(|ep| {
+                let mut b = Endpoint::builder()
+                    .namespace(ep.namespace.clone())
+                    .pod_name(ep.pod_name.clone())
+                    .ip(ep.ip.clone())
+                    .identity(ep.identity);
+                for (k, v) in &ep.labels {
+                    b = b.label(k.clone(), v.clone());
+                }
+                for (k, v) in &ep.annotations {
+                    b = b.annotation(k.clone(), v.clone());
+                }
+                b.build()
+            })
+            .collect();
+        Ok(measure(iterations, |i| {
+            black_box(filter.export(&native[i % native.len()]));
+        }))
     }
 }
