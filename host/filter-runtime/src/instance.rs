@@ -317,7 +317,7 @@ impl FilterInstance {
         };
         self.counters[H::HOOK as usize].0.inc();
         self.guest_calls[H::HOOK as usize].fetch_add(1, Ordering::Relaxed);
-        warm.store.data_mut().reads.clear();
+        warm.store.data_mut().reads.start(memoize);
         warm.store
             .set_epoch_deadline(self.engine.ticks(self.engine.config.call_timeout));
         match H::invoke(&mut warm, input) {

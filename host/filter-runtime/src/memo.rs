@@ -52,9 +52,17 @@ pub(crate) enum ReadOp {
 pub(crate) struct ReadLog {
     ops: Vec<(ReadOp, usize, usize)>,
     bytes: Vec<u8>,
+    /// Off for instances that do not memoise: nothing would read the log.
+    off: bool,
 }
 
 impl ReadLog {
+    /// Starts a call's log; `enabled` is false when the decision will not be memoised.
+    pub(crate) fn start(&mut self, enabled: bool) {
+        self.clear();
+        self.off = !enabled;
+    }
+
     pub(crate) fn clear(&mut self) {
         self.ops.clear();
         self.bytes.clear();
@@ -62,6 +70,9 @@ impl ReadLog {
 
     /// Records a read; `encode` appends the value's canonical bytes.
     pub(crate) fn record(&mut self, op: ReadOp, encode: impl FnOnce(&mut Vec<u8>)) {
+        if self.off {
+            return;
+        }
         let start = self.bytes.len();
         encode(&mut self.bytes);
         self.ops.push((op, start, self.bytes.len()));

@@ -295,18 +295,26 @@ impl StoreState {
         self.miss = None;
     }
 
-    fn endpoint(&self, _: &Resource<EndpointHandle>) -> Arc<EndpointInput> {
+    /// The current call's endpoint and the read log, borrowed together.
+    fn endpoint(&mut self) -> (&EndpointInput, &mut ReadLog) {
         // The guest can only hold a borrow of the handle, valid during the call, and the
         // host sets the input before every call.
-        self.endpoint
-            .clone()
-            .expect("an endpoint is set during the call")
+        (
+            self.endpoint
+                .as_deref()
+                .expect("an endpoint is set during the call"),
+            &mut self.reads,
+        )
     }
 
-    fn miss(&self, _: &Resource<MissHandle>) -> Arc<MissInput> {
-        self.miss
-            .clone()
-            .expect("a miss request is set during the call")
+    /// The current call's miss request and the read log, borrowed together.
+    fn miss(&mut self) -> (&MissInput, &mut ReadLog) {
+        (
+            self.miss
+                .as_deref()
+                .expect("a miss request is set during the call"),
+            &mut self.reads,
+        )
     }
 }
 
@@ -330,99 +338,93 @@ fn to_wit_locality(l: &Locality) -> types::Locality {
 impl types::Host for StoreState {}
 
 impl types::HostEndpoint for StoreState {
-    fn namespace(&mut self, r: Resource<EndpointHandle>) -> String {
-        let ep = self.endpoint(&r);
-        self.reads
-            .record(ReadOp::Namespace, |o| encode::str(o, &ep.namespace));
+    fn namespace(&mut self, _: Resource<EndpointHandle>) -> String {
+        let (ep, reads) = self.endpoint();
+        reads.record(ReadOp::Namespace, |o| encode::str(o, &ep.namespace));
         ep.namespace.clone()
     }
 
-    fn pod_name(&mut self, r: Resource<EndpointHandle>) -> String {
-        let ep = self.endpoint(&r);
-        self.reads
-            .record(ReadOp::PodName, |o| encode::str(o, &ep.pod_name));
+    fn pod_name(&mut self, _: Resource<EndpointHandle>) -> String {
+        let (ep, reads) = self.endpoint();
+        reads.record(ReadOp::PodName, |o| encode::str(o, &ep.pod_name));
         ep.pod_name.clone()
     }
 
-    fn ip(&mut self, r: Resource<EndpointHandle>) -> String {
-        let ep = self.endpoint(&r);
-        self.reads.record(ReadOp::Ip, |o| encode::str(o, &ep.ip));
+    fn ip(&mut self, _: Resource<EndpointHandle>) -> String {
+        let (ep, reads) = self.endpoint();
+        reads.record(ReadOp::Ip, |o| encode::str(o, &ep.ip));
         ep.ip.clone()
     }
 
-    fn node_ip(&mut self, r: Resource<EndpointHandle>) -> Option<String> {
-        let ep = self.endpoint(&r);
-        self.reads.record(ReadOp::NodeIp, |o| {
+    fn node_ip(&mut self, _: Resource<EndpointHandle>) -> Option<String> {
+        let (ep, reads) = self.endpoint();
+        reads.record(ReadOp::NodeIp, |o| {
             encode::opt_str(o, ep.node_ip.as_deref())
         });
         ep.node_ip.clone()
     }
 
-    fn identity(&mut self, r: Resource<EndpointHandle>) -> u32 {
-        let ep = self.endpoint(&r);
-        self.reads
-            .record(ReadOp::Identity, |o| encode::u32(o, ep.identity));
+    fn identity(&mut self, _: Resource<EndpointHandle>) -> u32 {
+        let (ep, reads) = self.endpoint();
+        reads.record(ReadOp::Identity, |o| encode::u32(o, ep.identity));
         ep.identity
     }
 
-    fn service_account(&mut self, r: Resource<EndpointHandle>) -> Option<String> {
-        let ep = self.endpoint(&r);
-        self.reads.record(ReadOp::ServiceAccount, |o| {
+    fn service_account(&mut self, _: Resource<EndpointHandle>) -> Option<String> {
+        let (ep, reads) = self.endpoint();
+        reads.record(ReadOp::ServiceAccount, |o| {
             encode::opt_str(o, ep.service_account.as_deref())
         });
         ep.service_account.clone()
     }
 
-    fn label(&mut self, r: Resource<EndpointHandle>, key: String) -> Option<String> {
-        let ep = self.endpoint(&r);
+    fn label(&mut self, _: Resource<EndpointHandle>, key: String) -> Option<String> {
+        let (ep, reads) = self.endpoint();
         let value = ep.labels.get(&key);
-        self.reads.record(ReadOp::Label(key.into()), |o| {
+        reads.record(ReadOp::Label(key.into()), |o| {
             encode::opt_str(o, value.map(String::as_str))
         });
         value.cloned()
     }
 
-    fn labels(&mut self, r: Resource<EndpointHandle>) -> Vec<(String, String)> {
-        let ep = self.endpoint(&r);
-        self.reads
-            .record(ReadOp::Labels, |o| encode::pairs(o, ep.labels.iter()));
+    fn labels(&mut self, _: Resource<EndpointHandle>) -> Vec<(String, String)> {
+        let (ep, reads) = self.endpoint();
+        reads.record(ReadOp::Labels, |o| encode::pairs(o, ep.labels.iter()));
         ep.labels
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect()
     }
 
-    fn annotation(&mut self, r: Resource<EndpointHandle>, key: String) -> Option<String> {
-        let ep = self.endpoint(&r);
+    fn annotation(&mut self, _: Resource<EndpointHandle>, key: String) -> Option<String> {
+        let (ep, reads) = self.endpoint();
         let value = ep.annotations.get(&key);
-        self.reads.record(ReadOp::Annotation(key.into()), |o| {
+        reads.record(ReadOp::Annotation(key.into()), |o| {
             encode::opt_str(o, value.map(String::as_str))
         });
         value.cloned()
     }
 
-    fn namespace_annotation(&mut self, r: Resource<EndpointHandle>, key: String) -> Option<String> {
-        let ep = self.endpoint(&r);
+    fn namespace_annotation(&mut self, _: Resource<EndpointHandle>, key: String) -> Option<String> {
+        let (ep, reads) = self.endpoint();
         let value = ep.namespace_annotations.get(&key);
-        self.reads
-            .record(ReadOp::NamespaceAnnotation(key.into()), |o| {
-                encode::opt_str(o, value.map(String::as_str))
-            });
+        reads.record(ReadOp::NamespaceAnnotation(key.into()), |o| {
+            encode::opt_str(o, value.map(String::as_str))
+        });
         value.cloned()
     }
 
-    fn sync_scope(&mut self, r: Resource<EndpointHandle>) -> Option<String> {
-        let ep = self.endpoint(&r);
-        self.reads.record(ReadOp::SyncScope, |o| {
+    fn sync_scope(&mut self, _: Resource<EndpointHandle>) -> Option<String> {
+        let (ep, reads) = self.endpoint();
+        reads.record(ReadOp::SyncScope, |o| {
             encode::opt_str(o, ep.sync_scope.as_deref())
         });
         ep.sync_scope.clone()
     }
 
-    fn origin(&mut self, r: Resource<EndpointHandle>) -> types::Locality {
-        let ep = self.endpoint(&r);
-        self.reads
-            .record(ReadOp::Origin, |o| encode::locality(o, &ep.origin));
+    fn origin(&mut self, _: Resource<EndpointHandle>) -> types::Locality {
+        let (ep, reads) = self.endpoint();
+        reads.record(ReadOp::Origin, |o| encode::locality(o, &ep.origin));
         to_wit_locality(&ep.origin)
     }
 
@@ -437,40 +439,37 @@ impl types::HostEndpoint for StoreState {
 }
 
 impl types::HostMissRequest for StoreState {
-    fn address(&mut self, r: Resource<MissHandle>) -> String {
-        let m = self.miss(&r);
-        self.reads
-            .record(ReadOp::MissAddress, |o| encode::str(o, &m.address));
+    fn address(&mut self, _: Resource<MissHandle>) -> String {
+        let (m, reads) = self.miss();
+        reads.record(ReadOp::MissAddress, |o| encode::str(o, &m.address));
         m.address.clone()
     }
 
-    fn covering_prefix(&mut self, r: Resource<MissHandle>) -> Option<String> {
-        let m = self.miss(&r);
-        self.reads.record(ReadOp::CoveringPrefix, |o| {
+    fn covering_prefix(&mut self, _: Resource<MissHandle>) -> Option<String> {
+        let (m, reads) = self.miss();
+        reads.record(ReadOp::CoveringPrefix, |o| {
             encode::opt_str(o, m.covering_prefix.as_deref())
         });
         m.covering_prefix.clone()
     }
 
-    fn tunnel_endpoint(&mut self, r: Resource<MissHandle>) -> Option<String> {
-        let m = self.miss(&r);
-        self.reads.record(ReadOp::TunnelEndpoint, |o| {
+    fn tunnel_endpoint(&mut self, _: Resource<MissHandle>) -> Option<String> {
+        let (m, reads) = self.miss();
+        reads.record(ReadOp::TunnelEndpoint, |o| {
             encode::opt_str(o, m.tunnel_endpoint.as_deref())
         });
         m.tunnel_endpoint.clone()
     }
 
-    fn local_node(&mut self, r: Resource<MissHandle>) -> String {
-        let m = self.miss(&r);
-        self.reads
-            .record(ReadOp::LocalNode, |o| encode::str(o, &m.local_node));
+    fn local_node(&mut self, _: Resource<MissHandle>) -> String {
+        let (m, reads) = self.miss();
+        reads.record(ReadOp::LocalNode, |o| encode::str(o, &m.local_node));
         m.local_node.clone()
     }
 
-    fn candidates(&mut self, r: Resource<MissHandle>) -> Vec<types::Candidate> {
-        let m = self.miss(&r);
-        self.reads
-            .record(ReadOp::Candidates, |o| encode::candidates(o, &m.candidates));
+    fn candidates(&mut self, _: Resource<MissHandle>) -> Vec<types::Candidate> {
+        let (m, reads) = self.miss();
+        reads.record(ReadOp::Candidates, |o| encode::candidates(o, &m.candidates));
         m.candidates
             .iter()
             .map(|c| types::Candidate {

@@ -30,6 +30,15 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
         args.iterations
     );
 
+    // What timing one call costs by itself, to read the figures below against.
+    let timer = measure(args.iterations, |i| {
+        black_box(i);
+    });
+    println!(
+        "timer overhead      p50 {:>7.0} ns (included in every per-decision figure)",
+        timer.p50.as_nanos() as f64
+    );
+
     // Uncached: memoisation off, so every decision runs the module. Measured on a hot
     // working set (as in the pipeline, where an endpoint is decided right after it was
     // parsed) and on the whole cold set.
