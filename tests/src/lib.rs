@@ -1,6 +1,9 @@
 //! Fixtures shared by the integration tests: built filter modules and a module directory
 //! that is updated the way the kubelet updates a mounted ConfigMap.
 
+pub mod cilium_data;
+pub mod etcd;
+
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 

@@ -1,0 +1,134 @@
+//! Connecting to etcd from Cilium's clustermesh connection files.
+//!
+//! Cilium mounts one file per remote cluster (named after the cluster) holding an etcd
+//! client config: `endpoints`, and optionally `trusted-ca-file`, `cert-file` and
+//! `key-file` for mutual TLS. meshfilter reads the same files, so it can use the secret
+//! kvstoremesh would have used.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};
+use serde::Deserialize;
+
+use crate::error::SyncError;
+
+/// An etcd client config in Cilium's format.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct EtcdConfig {
+    /// Client URLs.
+    pub endpoints: Vec<String>,
+    /// CA bundle that signed the servers' certificates.
+    #[serde(default)]
+    pub trusted_ca_file: Option<PathBuf>,
+    /// Client certificate for mutual TLS.
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
+    /// Client key for mutual TLS.
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+}
+
+impl EtcdConfig {
+    /// A plain-text config for `endpoints`.
+    pub fn plain(endpoints: impl IntoIterator<Item = impl Into<String>>) -> EtcdConfig {
+        EtcdConfig {
+            endpoints: endpoints.into_iter().map(Into::into).collect(),
+            trusted_ca_file: None,
+            cert_file: None,
+            key_file: None,
+        }
+    }
+
+    /// Reads and validates a connection file.
+    pub fn from_file(path: &Path) -> Result<EtcdConfig, SyncError> {
+        let err = |message: String| SyncError::Config {
+            path: path.to_path_buf(),
+            message,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+        let config: EtcdConfig = serde_yaml::from_str(&text).map_err(|e| err(e.to_string()))?;
+        if config.endpoints.is_empty() {
+            return Err(err("endpoints: at least one endpoint is required".into()));
+        }
+        if config.cert_file.is_some() != config.key_file.is_some() {
+            return Err(err("cert-file and key-file must be given together".into()));
+        }
+        Ok(config)
+    }
+
+    /// Connects. `cluster` names the etcd in errors. Keepalives match Cilium's
+    /// (15 s interval, 25 s timeout) so a dead peer is noticed as fast.
+    pub async fn connect(&self, cluster: &str) -> Result<Client, SyncError> {
+        let mut options = ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(5))
+            .with_keep_alive(Duration::from_secs(15), Duration::from_secs(25))
+            .with_keep_alive_while_idle(true);
+        if self.trusted_ca_file.is_some() || self.cert_file.is_some() {
+            options = options.with_tls(self.tls()?);
+        }
+        let connect = Client::connect(self.endpoints.clone(), Some(options));
+        match tokio::time::timeout(Duration::from_secs(10), connect).await {
+            Ok(result) => result.map_err(SyncError::etcd(cluster)),
+            Err(_) => Err(SyncError::Timeout {
+                cluster: cluster.to_string(),
+                what: "connect",
+            }),
+        }
+    }
+
+    fn tls(&self) -> Result<TlsOptions, SyncError> {
+        let read = |path: &PathBuf| {
+            std::fs::read(path).map_err(|e| SyncError::Config {
+                path: path.clone(),
+                message: e.to_string(),
+            })
+        };
+        let mut tls = TlsOptions::new();
+        if let Some(ca) = &self.trusted_ca_file {
+            tls = tls.ca_certificate(Certificate::from_pem(read(ca)?));
+        }
+        if let (Some(cert), Some(key)) = (&self.cert_file, &self.key_file) {
+            tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
+        }
+        Ok(tls)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_cilium_connection_files() {
+        let dir =
+            std::env::temp_dir().join(format!("meshfilter-etcd-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("cluster1");
+        std::fs::write(
+            &file,
+            "endpoints:\n- https://cluster1.mesh.cilium.io:2379\ntrusted-ca-file: /var/lib/cilium/clustermesh/ca.crt\n\
+             cert-file: /var/lib/cilium/clustermesh/tls.crt\nkey-file: /var/lib/cilium/clustermesh/tls.key\n",
+        )
+        .unwrap();
+        let c = EtcdConfig::from_file(&file).unwrap();
+        assert_eq!(c.endpoints, ["https://cluster1.mesh.cilium.io:2379"]);
+        assert!(c.cert_file.is_some() && c.key_file.is_some());
+        std::fs::write(&file, "endpoints: []\n").unwrap();
+        assert!(
+            EtcdConfig::from_file(&file)
+                .unwrap_err()
+                .to_string()
+                .contains("endpoints")
+        );
+        std::fs::write(&file, "endpoints: [http://x:2379]\ncert-file: a\n").unwrap();
+        assert!(
+            EtcdConfig::from_file(&file)
+                .unwrap_err()
+                .to_string()
+                .contains("together")
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

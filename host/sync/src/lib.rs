@@ -1,0 +1,27 @@
+//! The sync engine: one reflector that lists and watches a prefix of a source etcd and
+//! converges a target etcd to what the filters allow, used by both `meshfilter mesh`
+//! (remote clusters into the local kvstoremesh cache) and `meshfilter export` (a cluster's
+//! own state into the etcd other clusters read).
+//!
+//! The pieces: [`EtcdConfig`] reads Cilium's clustermesh connection files; [`Backoff`]
+//! spreads reconnects; [`TargetWriter`] batches writes into transactions under leases;
+//! [`Reflector`] runs list, watch, re-list and garbage collection for one [`Mirror`];
+//! [`RemoteCluster`] runs the reflectors of one remote cluster the way kvstoremesh does.
+
+mod backoff;
+mod caches;
+mod error;
+mod etcd;
+mod mirrors;
+mod reflector;
+mod remote;
+mod writer;
+
+pub use backoff::Backoff;
+pub use caches::{IdentityCache, NodeCache, NodeInfo};
+pub use error::SyncError;
+pub use etcd::EtcdConfig;
+pub use mirrors::{ImportMirror, ImportStats, VerbatimMirror};
+pub use reflector::{Mirror, Reflector, ReflectorStatus};
+pub use remote::{RemoteCluster, RemoteStatus, RemoteStatusHandle};
+pub use writer::{TargetWriter, WriteOp, WriterConfig};

@@ -1,0 +1,283 @@
+//! The mirrors a remote cluster needs: verbatim copies (nodes, identities, services,
+//! service exports) and the endpoint mirror that asks the import hook.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use meshfilter_cilium::{ClusterName, IpIdentityPair, KvstoreValue};
+use meshfilter_filter_runtime::{Decided, EndpointInput, FilterRuntime, ImportDecision, Locality};
+use parking_lot::Mutex;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::caches::{IdentityCache, NodeCache};
+use crate::reflector::Mirror;
+
+type Observer = Box<dyn Fn(&str, Option<&Bytes>) + Send + Sync>;
+
+/// Copies values verbatim from one prefix to another; only the key prefix changes
+/// (what kvstoremesh does for every resource).
+pub struct VerbatimMirror {
+    name: String,
+    source_prefix: String,
+    target_prefix: String,
+    canary: Option<String>,
+    observer: Option<Observer>,
+}
+
+impl VerbatimMirror {
+    /// Mirrors `source_prefix` to `target_prefix`, with a canary at `canary`.
+    pub fn new(
+        name: &str,
+        source_prefix: String,
+        target_prefix: String,
+        canary: Option<String>,
+    ) -> VerbatimMirror {
+        VerbatimMirror {
+            name: name.to_string(),
+            source_prefix,
+            target_prefix,
+            canary,
+            observer: None,
+        }
+    }
+
+    /// Calls `observer` with the key suffix after the prefix for every source change.
+    pub fn observed_by(
+        mut self,
+        observer: impl Fn(&str, Option<&Bytes>) + Send + Sync + 'static,
+    ) -> Self {
+        self.observer = Some(Box::new(observer));
+        self
+    }
+}
+
+impl Mirror for VerbatimMirror {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn source_prefix(&self) -> &str {
+        &self.source_prefix
+    }
+    fn target_key(&self, source_key: &str) -> Option<String> {
+        Some(format!(
+            "{}{}",
+            self.target_prefix,
+            source_key.strip_prefix(&self.source_prefix)?
+        ))
+    }
+    fn target_prefix(&self) -> &str {
+        &self.target_prefix
+    }
+    fn canary_key(&self) -> Option<&str> {
+        self.canary.as_deref()
+    }
+    fn transform(&self, _: &str, value: &Bytes) -> Option<Bytes> {
+        Some(value.clone())
+    }
+    fn observe(&self, source_key: &str, value: Option<&Bytes>) {
+        if let (Some(observer), Some(suffix)) =
+            (&self.observer, source_key.strip_prefix(&self.source_prefix))
+        {
+            observer(suffix, value);
+        }
+    }
+}
+
+/// What the import hook did with one remote cluster's endpoints.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ImportStats {
+    /// Entries mirrored.
+    pub kept: usize,
+    /// Entries filtered out, by reason.
+    pub skipped: BTreeMap<String, usize>,
+    /// Entries that could not be parsed (malformed JSON, IP not matching its key, too
+    /// large), by error.
+    pub invalid: usize,
+    /// Decisions made by a failure policy rather than a filter.
+    pub failures: usize,
+}
+
+/// Mirrors a remote cluster's ipcache entries through the import hook.
+pub struct ImportMirror {
+    cluster: ClusterName,
+    source_prefix: String,
+    target_prefix: String,
+    canary: String,
+    runtime: Arc<FilterRuntime>,
+    nodes: Arc<NodeCache>,
+    identities: Arc<IdentityCache>,
+    decisions: Mutex<HashMap<String, ImportDecision>>,
+    invalid: Mutex<HashMap<String, String>>,
+    failures: std::sync::atomic::AtomicUsize,
+    redecide: watch::Sender<u64>,
+}
+
+impl ImportMirror {
+    /// Endpoints of `cluster` from `source_prefix` to `target_prefix`. Decisions are made
+    /// again when the filter generation, the node cache or the identity cache changes;
+    /// the task merging those signals stops with `cancel`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        cluster: ClusterName,
+        source_prefix: String,
+        target_prefix: String,
+        canary: String,
+        runtime: Arc<FilterRuntime>,
+        nodes: Arc<NodeCache>,
+        identities: Arc<IdentityCache>,
+        cancel: CancellationToken,
+    ) -> Arc<ImportMirror> {
+        let (redecide, _) = watch::channel(0);
+        let mirror = Arc::new(ImportMirror {
+            cluster,
+            source_prefix,
+            target_prefix,
+            canary,
+            runtime: runtime.clone(),
+            nodes: nodes.clone(),
+            identities: identities.clone(),
+            decisions: Mutex::default(),
+            invalid: Mutex::default(),
+            failures: Default::default(),
+            redecide,
+        });
+        let signal = mirror.redecide.clone();
+        let (mut generations, mut node_versions, mut identity_versions) =
+            (runtime.subscribe(), nodes.version(), identities.version());
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    r = generations.changed() => if r.is_err() { return },
+                    r = node_versions.changed() => if r.is_err() { return },
+                    r = identity_versions.changed() => if r.is_err() { return },
+                }
+                // Let a burst of node or identity updates settle into one re-decision.
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                generations.mark_unchanged();
+                node_versions.mark_unchanged();
+                identity_versions.mark_unchanged();
+                signal.send_modify(|v| *v += 1);
+            }
+        });
+        mirror
+    }
+
+    /// Counts of what was kept and filtered, and why.
+    pub fn stats(&self) -> ImportStats {
+        let decisions = self.decisions.lock();
+        let mut stats = ImportStats {
+            invalid: self.invalid.lock().len(),
+            failures: self.failures.load(std::sync::atomic::Ordering::Relaxed),
+            ..Default::default()
+        };
+        for d in decisions.values() {
+            match d {
+                ImportDecision::Keep { .. } => stats.kept += 1,
+                ImportDecision::Skip { reason } => {
+                    *stats.skipped.entry(reason.to_string()).or_default() += 1
+                }
+            }
+        }
+        stats
+    }
+
+    /// The decision last made for the endpoint with key suffix `ip`, if any.
+    pub fn decision(&self, ip: &str) -> Option<ImportDecision> {
+        self.decisions.lock().get(ip).cloned()
+    }
+
+    fn endpoint_input(&self, suffix: &str, pair: &IpIdentityPair) -> EndpointInput {
+        let node = pair.host_ip.and_then(|ip| self.nodes.by_ip(&ip));
+        let labels = self
+            .identities
+            .k8s_labels(pair.id)
+            .map(|l| (*l).clone())
+            .unwrap_or_default();
+        EndpointInput {
+            namespace: pair.k8s_namespace.clone(),
+            pod_name: pair.k8s_pod_name.clone(),
+            ip: suffix.to_string(),
+            node_ip: pair.host_ip.map(|ip| ip.to_string()),
+            identity: pair.id,
+            service_account: Some(pair.k8s_service_account.clone()).filter(|s| !s.is_empty()),
+            labels,
+            sync_scope: pair.sync_scope.clone(),
+            origin: Locality {
+                cluster: self.cluster.to_string(),
+                zone: node.as_ref().and_then(|n| n.zone.clone()),
+                region: node.and_then(|n| n.region),
+            },
+            ..Default::default()
+        }
+    }
+}
+
+impl Mirror for ImportMirror {
+    fn name(&self) -> &str {
+        "endpoints"
+    }
+    fn source_prefix(&self) -> &str {
+        &self.source_prefix
+    }
+    fn target_key(&self, source_key: &str) -> Option<String> {
+        Some(format!(
+            "{}{}",
+            self.target_prefix,
+            source_key.strip_prefix(&self.source_prefix)?
+        ))
+    }
+    fn target_prefix(&self) -> &str {
+        &self.target_prefix
+    }
+    fn canary_key(&self) -> Option<&str> {
+        Some(&self.canary)
+    }
+    fn transform(&self, source_key: &str, value: &Bytes) -> Option<Bytes> {
+        let suffix = source_key.strip_prefix(&self.source_prefix)?;
+        let pair = match IpIdentityPair::parse(&self.cluster, suffix, value) {
+            Ok(pair) => {
+                self.invalid.lock().remove(suffix);
+                pair
+            }
+            Err(e) => {
+                let first = self
+                    .invalid
+                    .lock()
+                    .insert(suffix.to_string(), e.to_string())
+                    .is_none();
+                if first {
+                    tracing::warn!(cluster = %self.cluster, key = source_key, error = %e, "skipping invalid ipcache entry");
+                }
+                self.decisions.lock().remove(suffix);
+                return None;
+            }
+        };
+        let input = Arc::new(self.endpoint_input(suffix, &pair));
+        let previous = self.decisions.lock().get(suffix).cloned();
+        let verdict = self.runtime.decide_import(&input, previous.as_ref());
+        if matches!(verdict.decided_by, Decided::FailurePolicy { .. }) {
+            self.failures
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        let keep = verdict.decision.keeps();
+        self.decisions
+            .lock()
+            .insert(suffix.to_string(), verdict.decision);
+        keep.then(|| value.clone())
+    }
+    fn observe(&self, source_key: &str, value: Option<&Bytes>) {
+        if value.is_none()
+            && let Some(suffix) = source_key.strip_prefix(&self.source_prefix)
+        {
+            self.decisions.lock().remove(suffix);
+            self.invalid.lock().remove(suffix);
+        }
+    }
+    fn redecide(&self) -> Option<watch::Receiver<u64>> {
+        Some(self.redecide.subscribe())
+    }
+}

@@ -1,0 +1,132 @@
+//! Writes what a clustermesh-apiserver writes for a cluster: its cluster config, nodes
+//! (with topology labels and pod CIDRs), identities and endpoints, in Cilium's layout.
+
+use etcd_client::Client;
+use serde_json::json;
+
+/// One synthetic source cluster.
+#[derive(Debug, Clone)]
+pub struct SourceCluster {
+    /// Cluster name.
+    pub name: String,
+    /// Cluster ID (1-255).
+    pub id: u32,
+    /// Region label of its nodes.
+    pub region: String,
+    /// Zone label of its nodes.
+    pub zone: String,
+}
+
+impl SourceCluster {
+    /// A cluster with nodes in `region`/`zone`.
+    pub fn new(name: &str, id: u32, region: &str, zone: &str) -> SourceCluster {
+        SourceCluster {
+            name: name.into(),
+            id,
+            region: region.into(),
+            zone: zone.into(),
+        }
+    }
+
+    /// IP of node `n` (also its `HostIP`).
+    pub fn node_ip(&self, n: u32) -> String {
+        format!("172.20.{}.{}", self.id, n + 1)
+    }
+
+    /// Pod IP `i` on node `n`, inside that node's /24 pod CIDR.
+    pub fn pod_ip(&self, n: u32, i: u32) -> String {
+        format!("10.{}.{}.{}", self.id, n, i + 10)
+    }
+
+    /// `cilium/cluster-config/<name>` as clustermesh-apiserver writes it.
+    pub fn config_kv(&self) -> (String, String) {
+        (
+            format!("cilium/cluster-config/{}", self.name),
+            json!({"id": self.id, "capabilities": {"syncedCanaries": true, "maxConnectedClusters": 255}}).to_string(),
+        )
+    }
+
+    /// A node record.
+    pub fn node_kv(&self, n: u32) -> (String, String) {
+        let name = format!("{}-node-{n}", self.name);
+        let value = json!({
+            "Name": name, "Cluster": self.name,
+            "IPAddresses": [{"Type": "InternalIP", "IP": self.node_ip(n)}],
+            "IPv4AllocCIDR": {"IP": format!("10.{}.{}.0", self.id, n), "Mask": "////AA=="},
+            "IPv4SecondaryAllocCIDRs": null, "IPv6AllocCIDR": null, "IPv6SecondaryAllocCIDRs": null,
+            "IPv4HealthIP": "", "IPv6HealthIP": "", "IPv4IngressIP": "", "IPv6IngressIP": "",
+            "ClusterID": self.id, "Source": "custom-resource", "EncryptionKey": 0,
+            "Labels": {"topology.kubernetes.io/region": self.region, "topology.kubernetes.io/zone": self.zone,
+                       "kubernetes.io/hostname": name},
+            "Annotations": {}, "WireguardPubKey": "", "BootID": "00000000-0000-0000-0000-000000000000"
+        });
+        (
+            format!("cilium/state/nodes/v1/{}/{name}", self.name),
+            value.to_string(),
+        )
+    }
+
+    /// An identity in this cluster's range with an `app` label.
+    pub fn identity_kv(&self, local_id: u32, app: &str, namespace: &str) -> (String, String) {
+        (
+            format!("cilium/state/identities/v1/id/{}", self.identity(local_id)),
+            format!(
+                "k8s:app={app};k8s:io.cilium.k8s.policy.cluster={};k8s:io.kubernetes.pod.namespace={namespace};",
+                self.name
+            ),
+        )
+    }
+
+    /// Numeric identity `local_id` of this cluster (in its `id << 16` range).
+    pub fn identity(&self, local_id: u32) -> u32 {
+        (self.id << 16) + 256 + local_id
+    }
+
+    /// An ipcache entry for pod `i` on node `n`, with an optional `SyncScope`.
+    pub fn endpoint_kv(
+        &self,
+        n: u32,
+        i: u32,
+        local_id: u32,
+        scope: Option<&str>,
+    ) -> (String, String) {
+        let ip = self.pod_ip(n, i);
+        let mut value = json!({
+            "IP": ip, "HostIP": self.node_ip(n), "ID": self.identity(local_id), "Key": 0, "Metadata": "",
+            "K8sNamespace": "shop", "K8sPodName": format!("pod-{n}-{i}"), "K8sServiceAccount": "default"
+        });
+        if let Some(scope) = scope {
+            value["SyncScope"] = json!(scope);
+        }
+        (
+            format!("cilium/state/ip/v1/default/{ip}"),
+            value.to_string(),
+        )
+    }
+}
+
+/// Puts `kvs` into `client`'s etcd.
+pub async fn put_all(client: &Client, kvs: impl IntoIterator<Item = (String, String)>) {
+    let mut kv = client.kv_client();
+    for (k, v) in kvs {
+        kv.put(k, v, None).await.expect("put");
+    }
+}
+
+/// Every key/value under `prefix`, sorted by key.
+pub async fn list(client: &Client, prefix: &str) -> Vec<(String, String)> {
+    let mut kv = client.kv_client();
+    let resp = kv
+        .get(prefix, Some(etcd_client::GetOptions::new().with_prefix()))
+        .await
+        .expect("get");
+    resp.kvs()
+        .iter()
+        .map(|kv| {
+            (
+                kv.key_str().unwrap().to_string(),
+                kv.value_str().unwrap_or("<binary>").to_string(),
+            )
+        })
+        .collect()
+}

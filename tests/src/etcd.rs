@@ -1,0 +1,157 @@
+//! A real etcd server for tests: started on free loopback ports with its own data
+//! directory (on tmpfs when there is one), killed and removed on drop.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// One etcd member.
+pub struct EtcdServer {
+    child: Option<Child>,
+    data: tempfile::TempDir,
+    name: String,
+    client_port: u16,
+    peer_port: u16,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+fn data_root() -> PathBuf {
+    let shm = PathBuf::from("/dev/shm");
+    if shm.is_dir() {
+        shm
+    } else {
+        std::env::temp_dir()
+    }
+}
+
+impl EtcdServer {
+    /// Starts a fresh single-member cluster and waits until it answers.
+    pub fn start(name: &str) -> EtcdServer {
+        let data = tempfile::Builder::new()
+            .prefix("meshfilter-etcd-")
+            .tempdir_in(data_root())
+            .expect("etcd data dir");
+        let mut server = EtcdServer {
+            child: None,
+            data,
+            name: name.to_string(),
+            client_port: free_port(),
+            peer_port: free_port(),
+        };
+        server.spawn();
+        server
+    }
+
+    fn spawn(&mut self) {
+        let client = format!("http://127.0.0.1:{}", self.client_port);
+        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let log = std::fs::File::create(self.data.path().join("etcd.log")).expect("etcd log");
+        let child = Command::new("etcd")
+            .arg("--name")
+            .arg(&self.name)
+            .arg("--data-dir")
+            .arg(self.data.path().join("data"))
+            .args([
+                "--listen-client-urls",
+                &client,
+                "--advertise-client-urls",
+                &client,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer,
+                "--initial-advertise-peer-urls",
+                &peer,
+            ])
+            .args(["--initial-cluster", &format!("{}={peer}", self.name)])
+            .args([
+                "--initial-cluster-token",
+                &format!("meshfilter-{}-{}", self.name, self.client_port),
+            ])
+            .args(["--log-level", "error", "--logger", "zap"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start etcd (install etcd-server: scripts/setup.sh)");
+        self.child = Some(child);
+        self.wait_ready();
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let addr = format!("127.0.0.1:{}", self.client_port);
+        while Instant::now() < deadline {
+            if let Ok(out) = Command::new("etcdctl")
+                .env("ETCDCTL_API", "3")
+                .args([
+                    "--endpoints",
+                    &addr,
+                    "--command-timeout=1s",
+                    "endpoint",
+                    "health",
+                ])
+                .output()
+                && out.status.success()
+            {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!(
+            "etcd {} did not become healthy; log: {}",
+            self.name,
+            self.log()
+        );
+    }
+
+    /// The etcd log so far, for failure messages.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.data.path().join("etcd.log")).unwrap_or_default()
+    }
+
+    /// Client URL, e.g. `http://127.0.0.1:23790`.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    /// Client port.
+    pub fn client_port(&self) -> u16 {
+        self.client_port
+    }
+
+    /// Kills the server with SIGKILL, keeping its data.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Restarts a killed server on the same ports and data (same cluster ID).
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    /// Restarts on the same ports with an empty data directory: a new etcd cluster with
+    /// a new cluster ID, as when a clustermesh-apiserver pod with its ephemeral etcd is
+    /// replaced.
+    pub fn replace_with_fresh(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(self.data.path().join("data"));
+        self.spawn();
+    }
+}
+
+impl Drop for EtcdServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
