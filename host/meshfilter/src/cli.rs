@@ -27,8 +27,16 @@ pub enum Command {
     /// Work with filter modules: validate, try on endpoints, benchmark.
     #[command(subcommand)]
     Filter(FilterCommand),
-    /// Run the default filter over a bundled sample of realistic endpoints from several
-    /// clusters and print what each cluster exports and imports, and why.
+    /// Mirror remote clusters into the local kvstoremesh cache through the import hook
+    /// (a drop-in kvstoremesh).
+    Mesh(MeshArgs),
+    /// Show the status of a running `meshfilter mesh`: per remote cluster, connected,
+    /// synced, entries mirrored and filtered out (and why), retries, last error.
+    Status(StatusArgs),
+    /// Start a local mesh on real etcd (one etcd per cluster of a bundled sample of four
+    /// clusters in three regions), export each cluster's endpoints through the default
+    /// filter, mirror every cluster into every other through meshfilter's sync engine, and
+    /// print what each cluster exported, imported and filtered, and why.
     Demo(DemoArgs),
 }
 
@@ -107,4 +115,30 @@ pub struct DemoArgs {
     /// Config for cfp-scope (JSON/YAML text or `@file`).
     #[arg(long)]
     pub config: Option<String>,
+    /// Only run the filters over the sample, without etcd.
+    #[arg(long)]
+    pub filters_only: bool,
+}
+
+/// `mesh`
+#[derive(Debug, Args)]
+pub struct MeshArgs {
+    /// Config file (YAML).
+    #[arg(long)]
+    pub config: PathBuf,
+    /// How long a removed cluster's entries stay after its config is deleted (Cilium
+    /// waits 3 minutes).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "3m")]
+    pub drain_grace: std::time::Duration,
+}
+
+/// `status`
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Address of the `meshfilter mesh` HTTP endpoint.
+    #[arg(long, default_value = "127.0.0.1:9964")]
+    pub addr: String,
+    /// Print the raw JSON.
+    #[arg(long)]
+    pub json: bool,
 }

@@ -3,6 +3,7 @@
 mod builtin;
 mod cli;
 mod commands;
+mod config;
 mod telemetry;
 
 use clap::Parser;

@@ -21,20 +21,20 @@ const BUNDLED_SAMPLE: &str = include_str!("../../samples/mesh.yaml");
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Sample {
-    clusters: Vec<SampleCluster>,
+pub(super) struct Sample {
+    pub(super) clusters: Vec<SampleCluster>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct SampleCluster {
-    name: String,
-    zone: Option<String>,
-    region: Option<String>,
+pub(super) struct SampleCluster {
+    pub(super) name: String,
+    pub(super) zone: Option<String>,
+    pub(super) region: Option<String>,
     /// Namespace name to its annotations.
     #[serde(default)]
-    namespaces: BTreeMap<String, BTreeMap<String, String>>,
-    endpoints: Vec<EndpointInput>,
+    pub(super) namespaces: BTreeMap<String, BTreeMap<String, String>>,
+    pub(super) endpoints: Vec<EndpointInput>,
 }
 
 pub fn run(args: &DemoArgs) -> anyhow::Result<ExitCode> {
@@ -47,6 +47,10 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<ExitCode> {
     let sample: Sample = serde_yaml::from_str(&text).context("parsing the sample mesh")?;
     let config = super::parse_config(args.config.as_deref())?;
     let engine = super::engine()?;
+    if !args.filters_only {
+        super::demo_mesh::run(&sample, config, engine)?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let metrics = FilterMetrics::default();
 
     let mut runtimes = Vec::new();
@@ -158,7 +162,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn short(ep: &EndpointInput) -> String {
+pub(super) fn short(ep: &EndpointInput) -> String {
     let mut s = format!("{}/{} {}", ep.namespace, ep.pod_name, ep.ip);
     s.truncate(48);
     s

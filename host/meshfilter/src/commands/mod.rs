@@ -3,6 +3,8 @@
 mod bench;
 mod check;
 mod demo;
+mod demo_mesh;
+mod mesh;
 mod test;
 
 use std::collections::BTreeMap;
@@ -25,6 +27,8 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Filter(FilterCommand::Test(args)) => test::run(&args),
         Command::Filter(FilterCommand::Bench(args)) => bench::run(&args),
         Command::Demo(args) => demo::run(&args),
+        Command::Mesh(args) => mesh::run(&args),
+        Command::Status(args) => mesh::print_status(&args.addr, args.json),
     }
 }
 

@@ -1,5 +1,6 @@
-//! A real etcd server for tests: started on free loopback ports with its own data
-//! directory (on tmpfs when there is one), killed and removed on drop.
+//! Throwaway etcd servers for the demo, the benchmarks and the tests: real `etcd`
+//! processes started on free loopback ports with their own data directory (on tmpfs when
+//! there is one), killed and removed on drop.
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -15,6 +16,7 @@ pub struct EtcdServer {
     peer_port: u16,
 }
 
+/// A port nothing listens on right now.
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -32,12 +34,18 @@ fn data_root() -> PathBuf {
 }
 
 impl EtcdServer {
-    /// Starts a fresh single-member cluster and waits until it answers.
+    /// Starts a fresh single-member cluster and waits until it answers; panics on failure
+    /// (for tests).
     pub fn start(name: &str) -> EtcdServer {
+        EtcdServer::try_start(name).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Starts a fresh single-member cluster and waits until it answers.
+    pub fn try_start(name: &str) -> Result<EtcdServer, String> {
         let data = tempfile::Builder::new()
             .prefix("meshfilter-etcd-")
             .tempdir_in(data_root())
-            .expect("etcd data dir");
+            .map_err(|e| format!("etcd data dir: {e}"))?;
         let mut server = EtcdServer {
             child: None,
             data,
@@ -45,14 +53,19 @@ impl EtcdServer {
             client_port: free_port(),
             peer_port: free_port(),
         };
-        server.spawn();
-        server
+        server.try_spawn()?;
+        Ok(server)
     }
 
     fn spawn(&mut self) {
+        self.try_spawn().unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    fn try_spawn(&mut self) -> Result<(), String> {
         let client = format!("http://127.0.0.1:{}", self.client_port);
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
-        let log = std::fs::File::create(self.data.path().join("etcd.log")).expect("etcd log");
+        let log = std::fs::File::create(self.data.path().join("etcd.log"))
+            .map_err(|e| format!("etcd log: {e}"))?;
         let child = Command::new("etcd")
             .arg("--name")
             .arg(&self.name)
@@ -79,12 +92,16 @@ impl EtcdServer {
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
-            .expect("start etcd (install etcd-server: scripts/setup.sh)");
+            .map_err(|e| {
+                format!(
+                    "cannot start etcd ({e}); install the etcd-server package (scripts/setup.sh)"
+                )
+            })?;
         self.child = Some(child);
-        self.wait_ready();
+        self.wait_ready()
     }
 
-    fn wait_ready(&self) {
+    fn wait_ready(&self) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(20);
         let addr = format!("127.0.0.1:{}", self.client_port);
         while Instant::now() < deadline {
@@ -100,15 +117,15 @@ impl EtcdServer {
                 .output()
                 && out.status.success()
             {
-                return;
+                return Ok(());
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!(
+        Err(format!(
             "etcd {} did not become healthy; log: {}",
             self.name,
             self.log()
-        );
+        ))
     }
 
     /// The etcd log so far, for failure messages.

@@ -1,0 +1,385 @@
+//! `meshfilter mesh`: a drop-in kvstoremesh with consumer-side filtering.
+//!
+//! Mirrors every remote cluster named in the clustermesh directory into the local etcd
+//! under `cilium/cache/...`, asking the import hook about every endpoint, and serves
+//! `/metrics`, `/healthz`, `/readyz` and `/status`.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use meshfilter_cilium::ClusterName;
+use meshfilter_cilium::keys::{Resource, cluster_config_key, synced_prefix};
+use meshfilter_filter_runtime::{
+    EngineConfig, FilterMetrics, FilterRuntime, GenerationInfo, ModuleSource, RuntimeConfig,
+};
+use meshfilter_sync::{
+    Backoff, EtcdConfig, RemoteCluster, RemoteStatus, RemoteStatusHandle, TargetWriter,
+    WriterConfig,
+};
+use prometheus_client::registry::Registry;
+use std::sync::Mutex;
+use tokio_util::sync::CancellationToken;
+
+use crate::builtin;
+use crate::cli::MeshArgs;
+use crate::config::MeshConfig;
+
+/// How often the clustermesh directory is rescanned for added or removed clusters.
+const RESCAN: Duration = Duration::from_secs(5);
+
+/// Everything `/status` reports.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MeshStatus {
+    /// This cluster.
+    pub cluster: String,
+    /// The filter generation serving decisions.
+    pub filters: serde_json::Value,
+    /// Per remote cluster.
+    pub remotes: Vec<serde_json::Value>,
+}
+
+struct Shared {
+    cluster: String,
+    runtime: Arc<FilterRuntime>,
+    remotes: Mutex<BTreeMap<String, RunningRemote>>,
+    registry: Registry,
+}
+
+struct RunningRemote {
+    handle: RemoteStatusHandle,
+    cancel: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+pub fn run(args: &MeshArgs) -> anyhow::Result<ExitCode> {
+    let config = MeshConfig::load(&args.config)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("meshfilter")
+        .build()?;
+    rt.block_on(serve(config, args.drain_grace))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn serve(config: MeshConfig, drain_grace: Duration) -> anyhow::Result<()> {
+    let cancel = CancellationToken::new();
+    let signals = cancel.clone();
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("shutting down");
+        signals.cancel();
+    });
+
+    let mut registry = Registry::default();
+    let filter_metrics = FilterMetrics::default();
+    filter_metrics.register(&mut registry);
+    let source = match &config.filters.directory {
+        Some(dir) => ModuleSource::Directory(dir.clone()),
+        None => ModuleSource::Builtin(builtin::default_set(config.filters.config.clone())),
+    };
+    let runtime = tokio::task::block_in_place(|| {
+        FilterRuntime::new(
+            RuntimeConfig {
+                engine: EngineConfig::default(),
+                source,
+                pins: config.filters.pins.clone(),
+                local: config.locality(),
+            },
+            filter_metrics,
+        )
+    })
+    .context("loading filters")?;
+    let _watch = runtime.watch(Duration::from_millis(500), Duration::from_secs(60))?;
+
+    let local = connect_with_retry(&config.local_etcd, "local", &cancel).await?;
+    let writer = TargetWriter::new(
+        local.clone(),
+        "local",
+        WriterConfig::default(),
+        cancel.clone(),
+    );
+    let shared = Arc::new(Shared {
+        cluster: config.cluster.name.clone(),
+        runtime: runtime.clone(),
+        remotes: Mutex::new(BTreeMap::new()),
+        registry,
+    });
+
+    let app = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(ready))
+        .route("/status", get(status))
+        .with_state(shared.clone());
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("listen: {}", config.listen))?;
+    tracing::info!(listen = %config.listen, "serving /metrics /healthz /readyz /status");
+    let server_cancel = cancel.clone();
+    let server = tokio::spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(server_cancel.cancelled_owned())
+            .await;
+    });
+
+    loop {
+        reconcile_remotes(
+            &config,
+            &shared,
+            &writer,
+            &runtime,
+            &local,
+            drain_grace,
+            &cancel,
+        )
+        .await;
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = tokio::time::sleep(RESCAN) => {}
+        }
+    }
+    let running: Vec<RunningRemote> = std::mem::take(&mut *shared.remotes.lock().unwrap())
+        .into_values()
+        .collect();
+    for r in running {
+        r.cancel.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(10), r.task).await;
+    }
+    let _ = server.await;
+    Ok(())
+}
+
+async fn connect_with_retry(
+    etcd: &EtcdConfig,
+    name: &str,
+    cancel: &CancellationToken,
+) -> anyhow::Result<etcd_client::Client> {
+    let mut backoff = Backoff::default();
+    loop {
+        match etcd.connect(name).await {
+            Ok(c) => return Ok(c),
+            Err(e) => {
+                let delay = backoff.next_delay();
+                tracing::warn!(error = %e, retry_in = ?delay, "cannot reach the local etcd");
+                tokio::select! {
+                    _ = cancel.cancelled() => anyhow::bail!("shut down before the local etcd answered"),
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
+}
+
+/// Starts clusters whose connection file appeared, drains clusters whose file is gone.
+async fn reconcile_remotes(
+    config: &MeshConfig,
+    shared: &Arc<Shared>,
+    writer: &Arc<TargetWriter>,
+    runtime: &Arc<FilterRuntime>,
+    local: &etcd_client::Client,
+    drain_grace: Duration,
+    cancel: &CancellationToken,
+) {
+    let wanted = match scan_clusters(&config.clusters_dir, &config.cluster.name) {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::warn!(dir = %config.clusters_dir.display(), error = %e, "cannot read the clustermesh directory");
+            return;
+        }
+    };
+    let mut remotes = shared.remotes.lock().unwrap();
+    for (name, etcd) in &wanted {
+        if remotes.contains_key(name.as_str()) {
+            continue;
+        }
+        tracing::info!(cluster = %name, endpoints = ?etcd.endpoints, "connecting remote cluster");
+        let remote = RemoteCluster::new(
+            name.clone(),
+            etcd.clone(),
+            writer.clone(),
+            runtime.clone(),
+            Backoff::default(),
+        );
+        let handle = remote.status_handle();
+        let child = cancel.child_token();
+        let task = tokio::spawn(remote.run(child.clone(), handle.clone()));
+        remotes.insert(
+            name.to_string(),
+            RunningRemote {
+                handle,
+                cancel: child,
+                task,
+            },
+        );
+    }
+    let gone: Vec<String> = remotes
+        .keys()
+        .filter(|k| !wanted.iter().any(|(n, _)| n.as_str() == *k))
+        .cloned()
+        .collect();
+    for name in gone {
+        if let Some(r) = remotes.remove(&name) {
+            r.cancel.cancel();
+            let local = local.clone();
+            tokio::spawn(drain(name, local, drain_grace));
+        }
+    }
+}
+
+/// Removes a cluster the way Cilium drains it: its config first (new agents stop
+/// connecting), then after a grace period its canaries and cached entries.
+async fn drain(name: String, local: etcd_client::Client, grace: Duration) {
+    let Ok(cluster) = ClusterName::new(name.clone()) else {
+        return;
+    };
+    tracing::info!(cluster = %name, grace = ?grace, "remote cluster removed: draining");
+    let mut kv = local.kv_client();
+    let _ = kv.delete(cluster_config_key(&cluster), None).await;
+    tokio::time::sleep(grace).await;
+    let mut prefixes = vec![synced_prefix(&cluster)];
+    prefixes.extend(Resource::ALL.iter().map(|r| r.cache_prefix(&cluster)));
+    for prefix in prefixes {
+        let options = etcd_client::DeleteOptions::new().with_prefix();
+        if let Err(e) = kv.delete(prefix.as_bytes(), Some(options)).await {
+            tracing::warn!(cluster = %name, prefix, error = %e, "drain failed");
+        }
+    }
+    tracing::info!(cluster = %name, "remote cluster drained");
+}
+
+/// Cluster connection files: one regular file per cluster, named after it.
+fn scan_clusters(dir: &Path, own: &str) -> std::io::Result<Vec<(ClusterName, EtcdConfig)>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') || name == own || !entry.path().is_file() {
+            continue;
+        }
+        let Ok(cluster) = ClusterName::new(name.clone()) else {
+            tracing::warn!(file = %name, "ignoring a file that is not named after a valid cluster");
+            continue;
+        };
+        match EtcdConfig::from_file(&entry.path()) {
+            Ok(config) => out.push((cluster, config)),
+            Err(e) => {
+                tracing::warn!(cluster = %name, error = %e, "ignoring an invalid cluster file")
+            }
+        }
+    }
+    out.sort_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
+    Ok(out)
+}
+
+fn snapshot(shared: &Shared) -> MeshStatus {
+    let remotes: Vec<RemoteStatus> = shared
+        .remotes
+        .lock()
+        .unwrap()
+        .values()
+        .map(|r| r.handle.snapshot())
+        .collect();
+    let info: GenerationInfo = shared.runtime.info();
+    MeshStatus {
+        cluster: shared.cluster.clone(),
+        filters: serde_json::to_value(info).unwrap_or_default(),
+        remotes: remotes
+            .into_iter()
+            .filter_map(|r| serde_json::to_value(r).ok())
+            .collect(),
+    }
+}
+
+async fn status(State(shared): State<Arc<Shared>>) -> axum::Json<MeshStatus> {
+    axum::Json(snapshot(&shared))
+}
+
+async fn ready(State(shared): State<Arc<Shared>>) -> (StatusCode, String) {
+    let remotes = shared.remotes.lock().unwrap();
+    let pending: Vec<&String> = remotes
+        .iter()
+        .filter(|(_, r)| !r.handle.snapshot().synced)
+        .map(|(n, _)| n)
+        .collect();
+    if pending.is_empty() {
+        (StatusCode::OK, "ready".into())
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not synced yet: {pending:?}"),
+        )
+    }
+}
+
+async fn metrics(State(shared): State<Arc<Shared>>) -> (StatusCode, String) {
+    let mut out = String::new();
+    match prometheus_client::encoding::text::encode(&mut out, &shared.registry) {
+        Ok(()) => (StatusCode::OK, out),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// `meshfilter status`: fetches `/status` and prints one line per remote cluster.
+pub fn print_status(addr: &str, json: bool) -> anyhow::Result<ExitCode> {
+    let url = format!("http://{addr}/status");
+    let body = ureq::get(&url)
+        .timeout(Duration::from_secs(5))
+        .call()
+        .with_context(|| format!("GET {url}"))?
+        .into_string()?;
+    if json {
+        println!("{body}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let status: MeshStatus = serde_json::from_str(&body).context("parsing /status")?;
+    println!(
+        "cluster {}  filter generation {}",
+        status.cluster, status.filters["generation"]
+    );
+    println!(
+        "{:<20} {:<10} {:<7} {:>9} {:>9} {:>8} {:>8}  LAST ERROR",
+        "REMOTE", "CONNECTED", "SYNCED", "MIRRORED", "FILTERED", "INVALID", "RETRIES"
+    );
+    for r in &status.remotes {
+        let filtered: u64 = r["endpoints"]["skipped"]
+            .as_object()
+            .map(|m| m.values().filter_map(|v| v.as_u64()).sum())
+            .unwrap_or(0);
+        let retries: u64 = r["resources"]
+            .as_object()
+            .map(|m| m.values().filter_map(|v| v["retries"].as_u64()).sum())
+            .unwrap_or(0)
+            + r["connectFailures"].as_u64().unwrap_or(0);
+        println!(
+            "{:<20} {:<10} {:<7} {:>9} {:>9} {:>8} {:>8}  {}",
+            r["cluster"].as_str().unwrap_or("?"),
+            r["connected"],
+            r["synced"],
+            r["endpoints"]["kept"],
+            filtered,
+            r["endpoints"]["invalid"],
+            retries,
+            r["lastError"].as_str().unwrap_or("-"),
+        );
+        if let Some(skipped) = r["endpoints"]["skipped"].as_object() {
+            for (reason, n) in skipped {
+                println!("{:<20}   filtered {n}: {reason}", "");
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

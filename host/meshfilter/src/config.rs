@@ -1,0 +1,109 @@
+//! The typed config file of `meshfilter mesh`, validated once at start.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use meshfilter_cilium::ClusterName;
+use meshfilter_filter_runtime::Locality;
+use meshfilter_sync::EtcdConfig;
+use serde::Deserialize;
+
+/// `meshfilter mesh --config <file>`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct MeshConfig {
+    /// This cluster: its name, zone and region.
+    pub cluster: ClusterSection,
+    /// The local etcd holding the kvstoremesh cache (needs write access).
+    pub local_etcd: EtcdConfig,
+    /// Directory of Cilium clustermesh connection files, one per remote cluster, named
+    /// after it.
+    pub clusters_dir: PathBuf,
+    /// Filter modules.
+    #[serde(default)]
+    pub filters: FiltersSection,
+    /// Address of the HTTP endpoint (`/metrics`, `/healthz`, `/readyz`, `/status`).
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+}
+
+/// Who this cluster is.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSection {
+    /// Cluster name (Cilium's rules: at most 32 characters, lowercase alphanumerics and '-').
+    pub name: String,
+    /// Zone (`topology.kubernetes.io/zone`).
+    #[serde(default)]
+    pub zone: Option<String>,
+    /// Region (`topology.kubernetes.io/region`).
+    #[serde(default)]
+    pub region: Option<String>,
+}
+
+/// Where filters come from.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FiltersSection {
+    /// A directory with `filters.yaml` and modules (a mounted ConfigMap), hot-reloaded.
+    /// Without it the built-in cfp-scope filter runs on every hook.
+    #[serde(default)]
+    pub directory: Option<PathBuf>,
+    /// Config of the built-in cfp-scope filter when no directory is given.
+    #[serde(default)]
+    pub config: serde_json::Value,
+    /// Required sha256 per module file.
+    #[serde(default)]
+    pub pins: BTreeMap<String, String>,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9964))
+}
+
+impl MeshConfig {
+    /// Reads and validates `path`; errors name the field and the bad value.
+    pub fn load(path: &Path) -> anyhow::Result<MeshConfig> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let config: MeshConfig = serde_yaml::from_str(&text)
+            .with_context(|| format!("invalid config {}", path.display()))?;
+        ClusterName::new(config.cluster.name.clone()).with_context(|| {
+            format!(
+                "cluster.name: {:?} is not a valid Cilium cluster name",
+                config.cluster.name
+            )
+        })?;
+        if config.local_etcd.endpoints.is_empty() {
+            bail!("localEtcd.endpoints: at least one endpoint is required");
+        }
+        if !config.clusters_dir.is_dir() {
+            bail!(
+                "clustersDir: {} is not a directory",
+                config.clusters_dir.display()
+            );
+        }
+        if let Some(dir) = &config.filters.directory
+            && !dir.is_dir()
+        {
+            bail!("filters.directory: {} is not a directory", dir.display());
+        }
+        for (module, sha) in &config.filters.pins {
+            if sha.len() != 64 || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
+                bail!("filters.pins.{module}: {sha:?} is not a hex sha256");
+            }
+        }
+        Ok(config)
+    }
+
+    /// This cluster's locality.
+    pub fn locality(&self) -> Locality {
+        Locality {
+            cluster: self.cluster.name.clone(),
+            zone: self.cluster.zone.clone(),
+            region: self.cluster.region.clone(),
+        }
+    }
+}
