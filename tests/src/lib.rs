@@ -2,6 +2,7 @@
 //! that is updated the way the kubelet updates a mounted ConfigMap.
 
 pub mod cilium_data;
+pub mod proxy;
 pub use meshfilter_local_etcd as etcd;
 
 use std::path::{Path, PathBuf};
