@@ -30,6 +30,9 @@ pub enum Command {
     /// Mirror remote clusters into the local kvstoremesh cache through the import hook
     /// (a drop-in kvstoremesh).
     Mesh(MeshArgs),
+    /// Benchmarks that need a running system (scale runs; never part of the tests).
+    #[command(subcommand)]
+    Bench(BenchCommand),
     /// Show the status of a running `meshfilter mesh`: per remote cluster, connected,
     /// synced, entries mirrored and filtered out (and why), retries, last error.
     Status(StatusArgs),
@@ -52,6 +55,37 @@ pub enum FilterCommand {
     /// Measure decisions per second and latency, Wasm against native Rust, with and
     /// without memoisation.
     Bench(BenchArgs),
+}
+
+/// `meshfilter bench ...`
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Bootstrap time and peak RSS of one `meshfilter mesh` against many remote clusters
+    /// on real etcd, next to the raw batched etcd write rate.
+    Mesh(BenchMeshArgs),
+}
+
+/// `bench mesh`
+#[derive(Debug, Args)]
+pub struct BenchMeshArgs {
+    /// Remote clusters.
+    #[arg(long, default_value_t = 100)]
+    pub remotes: usize,
+    /// Endpoints per remote cluster.
+    #[arg(long, default_value_t = 5_000)]
+    pub endpoints: usize,
+    /// Share of endpoints exported (opted in) per cluster; 1.0 syncs everything.
+    #[arg(long, default_value_t = 0.05)]
+    pub opted_in: f64,
+    /// Identities per remote cluster.
+    #[arg(long, default_value_t = 250)]
+    pub identities: usize,
+    /// Nodes per remote cluster.
+    #[arg(long, default_value_t = 50)]
+    pub nodes: usize,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 600)]
+    pub timeout_secs: u64,
 }
 
 /// A module and its config.

@@ -1,6 +1,7 @@
 //! Command implementations.
 
 mod bench;
+mod bench_mesh;
 mod check;
 mod demo;
 mod demo_mesh;
@@ -18,7 +19,7 @@ use meshfilter_filter_runtime::{
 };
 
 use crate::builtin;
-use crate::cli::{Command, FilterCommand, ModuleArgs};
+use crate::cli::{BenchCommand, Command, FilterCommand, ModuleArgs};
 
 /// Runs one command; the exit code says whether checks passed.
 pub fn run(command: Command) -> anyhow::Result<ExitCode> {
@@ -28,6 +29,7 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Filter(FilterCommand::Bench(args)) => bench::run(&args),
         Command::Demo(args) => demo::run(&args),
         Command::Mesh(args) => mesh::run(&args),
+        Command::Bench(BenchCommand::Mesh(args)) => bench_mesh::run(&args),
         Command::Status(args) => mesh::print_status(&args.addr, args.json),
     }
 }
