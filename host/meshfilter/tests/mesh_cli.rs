@@ -1,10 +1,15 @@
 //! `meshfilter mesh` as an operator runs it: a config file, a clustermesh directory, a
-//! real local etcd and a real remote etcd; then `meshfilter status`, metrics, SIGTERM.
+//! real local etcd and a real remote etcd; then `meshfilter status`, metrics, the leader
+//! lock, draining, SIGTERM.
 
-use std::process::{Command, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use meshfilter_local_etcd::EtcdServer;
+
+const GLOBAL: &str = r#"{"IP":"10.7.0.10","HostIP":"172.30.0.1","ID":459009,"Key":0,"Metadata":"","K8sNamespace":"shop","K8sPodName":"web-0","SyncScope":"global"}"#;
+const REGIONAL: &str = r#"{"IP":"10.7.0.11","HostIP":"172.30.0.1","ID":459009,"Key":0,"Metadata":"","K8sNamespace":"shop","K8sPodName":"web-1","SyncScope":"regional"}"#;
 
 fn etcdctl(endpoint: &str, args: &[&str]) -> String {
     let out = Command::new("etcdctl")
@@ -30,60 +35,69 @@ fn free_port() -> u16 {
         .port()
 }
 
-#[test]
-fn mesh_mirrors_a_remote_and_reports_status() {
-    let local = EtcdServer::start("local");
-    let remote = EtcdServer::start("remote1");
-    let r = remote.endpoint();
-    etcdctl(
-        &r,
-        &[
-            "put",
-            "cilium/cluster-config/remote1",
-            r#"{"id":7,"capabilities":{"syncedCanaries":true,"maxConnectedClusters":255}}"#,
-        ],
-    );
-    etcdctl(
-        &r,
-        &[
-            "put",
-            "cilium/state/nodes/v1/remote1/n1",
-            r#"{"Name":"n1","Cluster":"remote1","IPAddresses":[{"Type":"InternalIP","IP":"172.30.0.1"}],"ClusterID":7,"Labels":{"topology.kubernetes.io/region":"us-east-1"}}"#,
-        ],
-    );
-    etcdctl(
-        &r,
-        &[
-            "put",
-            "cilium/state/identities/v1/id/459009",
-            "k8s:app=web;k8s:io.kubernetes.pod.namespace=shop;",
-        ],
-    );
-    let global = r#"{"IP":"10.7.0.10","HostIP":"172.30.0.1","ID":459009,"Key":0,"Metadata":"","K8sNamespace":"shop","K8sPodName":"web-0","SyncScope":"global"}"#;
-    let regional = r#"{"IP":"10.7.0.11","HostIP":"172.30.0.1","ID":459009,"Key":0,"Metadata":"","K8sNamespace":"shop","K8sPodName":"web-1","SyncScope":"regional"}"#;
-    etcdctl(&r, &["put", "cilium/state/ip/v1/default/10.7.0.10", global]);
-    etcdctl(
-        &r,
-        &["put", "cilium/state/ip/v1/default/10.7.0.11", regional],
-    );
+/// A local etcd, one remote cluster with a global and a regional endpoint (its node in
+/// us-east-1, the local cluster in eu-west-1), and its clustermesh directory.
+struct Setup {
+    local: EtcdServer,
+    remote: EtcdServer,
+    dir: tempfile::TempDir,
+}
 
-    let dir = tempfile::tempdir().unwrap();
-    let clusters = dir.path().join("clustermesh");
-    std::fs::create_dir(&clusters).unwrap();
-    std::fs::write(clusters.join("remote1"), format!("endpoints:\n- {r}\n")).unwrap();
-    let addr = format!("127.0.0.1:{}", free_port());
-    let config = dir.path().join("mesh.yaml");
-    std::fs::write(
-        &config,
-        format!(
+impl Setup {
+    fn new() -> Setup {
+        let local = EtcdServer::start("local");
+        let remote = EtcdServer::start("remote1");
+        let r = remote.endpoint();
+        let config =
+            r#"{"id":7,"capabilities":{"syncedCanaries":true,"maxConnectedClusters":255}}"#;
+        let node = r#"{"Name":"n1","Cluster":"remote1","IPAddresses":[{"Type":"InternalIP","IP":"172.30.0.1"}],"ClusterID":7,"Labels":{"topology.kubernetes.io/region":"us-east-1"}}"#;
+        etcdctl(&r, &["put", "cilium/cluster-config/remote1", config]);
+        etcdctl(&r, &["put", "cilium/state/nodes/v1/remote1/n1", node]);
+        etcdctl(
+            &r,
+            &[
+                "put",
+                "cilium/state/identities/v1/id/459009",
+                "k8s:app=web;k8s:io.kubernetes.pod.namespace=shop;",
+            ],
+        );
+        etcdctl(&r, &["put", "cilium/state/ip/v1/default/10.7.0.10", GLOBAL]);
+        etcdctl(
+            &r,
+            &["put", "cilium/state/ip/v1/default/10.7.0.11", REGIONAL],
+        );
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("clustermesh")).unwrap();
+        std::fs::write(
+            dir.path().join("clustermesh/remote1"),
+            format!("endpoints:\n- {r}\n"),
+        )
+        .unwrap();
+        Setup { local, remote, dir }
+    }
+
+    fn clusters(&self) -> PathBuf {
+        self.dir.path().join("clustermesh")
+    }
+
+    /// A config file for a replica listening on `addr`.
+    fn config(&self, addr: &str) -> PathBuf {
+        let config = self
+            .dir
+            .path()
+            .join(format!("mesh-{}.yaml", addr.replace([':', '.'], "-")));
+        let text = format!(
             "cluster: {{name: local, zone: eu-west-1a, region: eu-west-1}}\nlocalEtcd:\n  endpoints: [{}]\nclustersDir: {}\nlisten: {addr}\n",
-            local.endpoint(),
-            clusters.display()
-        ),
-    )
-    .unwrap();
+            self.local.endpoint(),
+            self.clusters().display()
+        );
+        std::fs::write(&config, text).unwrap();
+        config
+    }
+}
 
-    let mut mesh = Command::new(env!("CARGO_BIN_EXE_meshfilter"))
+fn spawn_mesh(config: &Path) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_meshfilter"))
         .args([
             "mesh",
             "--config",
@@ -94,37 +108,52 @@ fn mesh_mirrors_a_remote_and_reports_status() {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .expect("start meshfilter mesh");
-    let status = |json: bool| {
-        let mut args = vec!["status", "--addr", &addr];
-        if json {
-            args.push("--json");
-        }
-        Command::new(env!("CARGO_BIN_EXE_meshfilter"))
-            .args(&args)
-            .output()
-            .ok()
-            .filter(|o| o.status.success())
-    };
-    let deadline = Instant::now() + Duration::from_secs(30);
+        .expect("start meshfilter mesh")
+}
+
+/// SIGTERM, and a clean exit.
+fn stop(mesh: &mut Child) {
+    Command::new("kill")
+        .args(["-TERM", &mesh.id().to_string()])
+        .status()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        if let Some(out) = status(true) {
-            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-            if v["remotes"][0]["synced"] == true {
-                break;
-            }
+        if let Some(code) = mesh.try_wait().unwrap() {
+            assert!(code.success(), "exit status {code}");
+            return;
         }
-        assert!(Instant::now() < deadline, "mesh did not sync");
+        assert!(Instant::now() < deadline, "mesh did not stop on SIGTERM");
         std::thread::sleep(Duration::from_millis(100));
     }
-    let l = local.endpoint();
+}
+
+fn wait_ready(addr: &str, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while http_get(&format!("http://{addr}/readyz")) != "ready" {
+        assert!(Instant::now() < deadline, "{what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn mesh_mirrors_a_remote_and_reports_status() {
+    let s = Setup::new();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut mesh = spawn_mesh(&s.config(&addr));
+    wait_ready(&addr, "mesh did not sync");
+    let l = s.local.endpoint();
     let cached = etcdctl(&l, &["get", "--prefix", "cilium/cache/ip/v1/remote1/"]);
     assert!(
         cached.contains("10.7.0.10") && !cached.contains("10.7.0.11"),
         "only the global entry: {cached}"
     );
-    assert!(cached.contains(global), "value copied verbatim: {cached}");
-    let table = String::from_utf8(status(false).unwrap().stdout).unwrap();
+    assert!(cached.contains(GLOBAL), "value copied verbatim: {cached}");
+    let status = Command::new(env!("CARGO_BIN_EXE_meshfilter"))
+        .args(["status", "--addr", &addr])
+        .output()
+        .unwrap();
+    let table = String::from_utf8(status.stdout).unwrap();
     assert!(
         table.contains("remote1") && table.contains("regional endpoint from region us-east-1"),
         "{table}"
@@ -134,10 +163,9 @@ fn mesh_mirrors_a_remote_and_reports_status() {
         metrics.contains("meshfilter_filter_generation 1"),
         "{metrics}"
     );
-    assert_eq!(http_get(&format!("http://{addr}/readyz")), "ready");
 
     // Removing the cluster file drains it: config first, then the cache after the grace.
-    std::fs::remove_file(clusters.join("remote1")).unwrap();
+    std::fs::remove_file(s.clusters().join("remote1")).unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     while !etcdctl(&l, &["get", "--prefix", "cilium/cache/ip/v1/remote1/"]).is_empty()
         || !etcdctl(&l, &["get", "cilium/cluster-config/remote1"]).is_empty()
@@ -145,32 +173,62 @@ fn mesh_mirrors_a_remote_and_reports_status() {
         assert!(Instant::now() < deadline, "remote1 was not drained");
         std::thread::sleep(Duration::from_millis(200));
     }
-
-    // SIGTERM: a clean exit.
-    Command::new("kill")
-        .args(["-TERM", &mesh.id().to_string()])
-        .status()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        if let Some(code) = mesh.try_wait().unwrap() {
-            assert!(code.success(), "exit status {code}");
-            break;
-        }
-        assert!(Instant::now() < deadline, "mesh did not stop on SIGTERM");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    stop(&mut mesh);
 }
 
+#[test]
+fn a_second_replica_waits_for_the_leader_lock() {
+    let s = Setup::new();
+    let (a, b) = (
+        format!("127.0.0.1:{}", free_port()),
+        format!("127.0.0.1:{}", free_port()),
+    );
+    let mut first = spawn_mesh(&s.config(&a));
+    wait_ready(&a, "the first replica never became ready");
+    let mut second = spawn_mesh(&s.config(&b));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut answer = String::new();
+    while !answer.contains("standby") {
+        assert!(
+            Instant::now() < deadline,
+            "the second replica should be on standby: {answer:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+        answer = http_get(&format!("http://{b}/readyz"));
+    }
+    // The leader leaves and releases the lock: the standby takes over and mirrors what
+    // changes from then on.
+    stop(&mut first);
+    wait_ready(&b, "the standby did not take over");
+    let later = GLOBAL
+        .replace("10.7.0.10", "10.7.0.12")
+        .replace("web-0", "web-2");
+    etcdctl(
+        &s.remote.endpoint(),
+        &["put", "cilium/state/ip/v1/default/10.7.0.12", &later],
+    );
+    let l = s.local.endpoint();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !etcdctl(&l, &["get", "--prefix", "cilium/cache/ip/v1/remote1/"]).contains(&later) {
+        assert!(Instant::now() < deadline, "the new leader does not mirror");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    stop(&mut second);
+}
+
+/// A tiny HTTP/1.0 GET, enough for a local test; empty when nothing answers.
 fn http_get(url: &str) -> String {
-    // A tiny HTTP/1.0 GET, enough for a local test.
     use std::io::{Read, Write};
     let rest = url.strip_prefix("http://").unwrap();
     let (host, path) = rest.split_once('/').unwrap();
-    let mut s = std::net::TcpStream::connect(host).unwrap();
-    write!(s, "GET /{path} HTTP/1.0\r\nHost: {host}\r\n\r\n").unwrap();
+    let Ok(mut s) = std::net::TcpStream::connect(host) else {
+        return String::new();
+    };
+    if write!(s, "GET /{path} HTTP/1.0\r\nHost: {host}\r\n\r\n").is_err() {
+        return String::new();
+    }
     let mut body = String::new();
-    s.read_to_string(&mut body).unwrap();
+    let _ = s.read_to_string(&mut body);
     body.split_once("\r\n\r\n")
         .map(|(_, b)| b.to_string())
         .unwrap_or_default()

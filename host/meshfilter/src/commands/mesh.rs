@@ -21,7 +21,7 @@ use meshfilter_filter_runtime::{
     EngineConfig, FilterMetrics, FilterRuntime, GenerationInfo, ModuleSource, RuntimeConfig,
 };
 use meshfilter_sync::{
-    Backoff, EtcdConfig, RemoteCluster, RemoteStatus, RemoteStatusHandle, TargetWriter,
+    Backoff, EtcdConfig, LeaderLock, RemoteCluster, RemoteStatus, RemoteStatusHandle, TargetWriter,
     WriterConfig,
 };
 use prometheus_client::registry::Registry;
@@ -31,6 +31,10 @@ use tokio_util::sync::CancellationToken;
 use crate::builtin;
 use crate::cli::MeshArgs;
 use crate::config::MeshConfig;
+
+/// Cilium's kvstoremesh leader lock, so meshfilter and kvstoremesh replicas exclude each
+/// other too.
+const KVSTOREMESH_LOCK: &str = meshfilter_cilium::keys::KVSTOREMESH_LOCK_KEY;
 
 /// How often the clustermesh directory is rescanned for added or removed clusters.
 const RESCAN: Duration = Duration::from_secs(5);
@@ -52,6 +56,8 @@ struct Shared {
     runtime: Arc<FilterRuntime>,
     remotes: Mutex<BTreeMap<String, RunningRemote>>,
     registry: Registry,
+    /// Whether this replica holds the leader lock.
+    leader: std::sync::atomic::AtomicBool,
 }
 
 struct RunningRemote {
@@ -106,17 +112,12 @@ async fn serve(config: MeshConfig, drain_grace: Duration) -> anyhow::Result<()> 
     let _watch = runtime.watch(Duration::from_millis(500), Duration::from_secs(60))?;
 
     let local = connect_with_retry(&config.local_etcd, "local", &cancel).await?;
-    let writer = TargetWriter::new(
-        local.clone(),
-        "local",
-        WriterConfig::default(),
-        cancel.clone(),
-    );
     let shared = Arc::new(Shared {
         cluster: config.cluster.name.clone(),
         runtime: runtime.clone(),
         remotes: Mutex::new(BTreeMap::new()),
         registry,
+        leader: std::sync::atomic::AtomicBool::new(false),
     });
 
     let app = Router::new()
@@ -136,6 +137,28 @@ async fn serve(config: MeshConfig, drain_grace: Duration) -> anyhow::Result<()> 
             .await;
     });
 
+    // Only the replica holding Cilium's kvstoremesh lock writes the cache.
+    let Some(lock) =
+        LeaderLock::acquire(&local, KVSTOREMESH_LOCK, Duration::from_secs(25), &cancel).await?
+    else {
+        let _ = server.await;
+        return Ok(());
+    };
+    shared
+        .leader
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    let lost = lock.lost();
+    let lock_cancel = cancel.clone();
+    tokio::spawn(async move {
+        lost.cancelled().await;
+        lock_cancel.cancel();
+    });
+    let writer = TargetWriter::new(
+        local.clone(),
+        "local",
+        WriterConfig::default(),
+        cancel.clone(),
+    );
     loop {
         reconcile_remotes(
             &config,
@@ -159,6 +182,7 @@ async fn serve(config: MeshConfig, drain_grace: Duration) -> anyhow::Result<()> 
         r.cancel.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(10), r.task).await;
     }
+    lock.release().await;
     let _ = server.await;
     Ok(())
 }
@@ -309,6 +333,12 @@ async fn status(State(shared): State<Arc<Shared>>) -> axum::Json<MeshStatus> {
 }
 
 async fn ready(State(shared): State<Arc<Shared>>) -> (StatusCode, String) {
+    if !shared.leader.load(std::sync::atomic::Ordering::Relaxed) {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "standby: waiting for the leader lock".into(),
+        );
+    }
     let remotes = shared.remotes.lock().unwrap();
     let pending: Vec<&String> = remotes
         .iter()
