@@ -33,6 +33,9 @@ pub enum Command {
     /// Benchmarks that need a running system (scale runs; never part of the tests).
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Why an endpoint is (not) in this cluster's cache: the hook, the filter generation,
+    /// the decision applied and the one the current filters make, and their inputs.
+    Explain(ExplainArgs),
     /// Show the status of a running `meshfilter mesh`: per remote cluster, connected,
     /// synced, entries mirrored and filtered out (and why), retries, last error.
     Status(StatusArgs),
@@ -175,4 +178,14 @@ pub struct StatusArgs {
     /// Print the raw JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `explain`
+#[derive(Debug, Args)]
+pub struct ExplainArgs {
+    /// `<remote cluster>/<ip>`.
+    pub target: String,
+    /// Address of the `meshfilter mesh` HTTP endpoint.
+    #[arg(long, default_value = "127.0.0.1:9964")]
+    pub addr: String,
 }

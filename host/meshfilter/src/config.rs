@@ -57,6 +57,9 @@ pub struct FiltersSection {
     /// Required sha256 per module file.
     #[serde(default)]
     pub pins: BTreeMap<String, String>,
+    /// Hooks in shadow mode: decisions are made, counted and shown, but not applied.
+    #[serde(default)]
+    pub shadow: Vec<meshfilter_filter_runtime::Hook>,
 }
 
 fn default_listen() -> SocketAddr {
@@ -89,6 +92,14 @@ impl MeshConfig {
             && !dir.is_dir()
         {
             bail!("filters.directory: {} is not a directory", dir.display());
+        }
+        if let Some(hook) = config
+            .filters
+            .shadow
+            .iter()
+            .find(|h| **h != meshfilter_filter_runtime::Hook::Import)
+        {
+            bail!("filters.shadow: {hook} does not run in meshfilter mesh (only import does)");
         }
         for (module, sha) in &config.filters.pins {
             if sha.len() != 64 || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {

@@ -82,12 +82,17 @@ impl Setup {
 
     /// A config file for a replica listening on `addr`.
     fn config(&self, addr: &str) -> PathBuf {
+        self.config_with(addr, "")
+    }
+
+    /// [`Setup::config`] with `extra` YAML appended.
+    fn config_with(&self, addr: &str, extra: &str) -> PathBuf {
         let config = self
             .dir
             .path()
             .join(format!("mesh-{}.yaml", addr.replace([':', '.'], "-")));
         let text = format!(
-            "cluster: {{name: local, zone: eu-west-1a, region: eu-west-1}}\nlocalEtcd:\n  endpoints: [{}]\nclustersDir: {}\nlisten: {addr}\n",
+            "cluster: {{name: local, zone: eu-west-1a, region: eu-west-1}}\nlocalEtcd:\n  endpoints: [{}]\nclustersDir: {}\nlisten: {addr}\n{extra}",
             self.local.endpoint(),
             self.clusters().display()
         );
@@ -149,14 +154,20 @@ fn mesh_mirrors_a_remote_and_reports_status() {
         "only the global entry: {cached}"
     );
     assert!(cached.contains(GLOBAL), "value copied verbatim: {cached}");
-    let status = Command::new(env!("CARGO_BIN_EXE_meshfilter"))
-        .args(["status", "--addr", &addr])
-        .output()
-        .unwrap();
-    let table = String::from_utf8(status.stdout).unwrap();
+    let table = meshfilter(&["status", "--addr", &addr]);
     assert!(
         table.contains("remote1") && table.contains("regional endpoint from region us-east-1"),
         "{table}"
+    );
+    let explain = meshfilter(&["explain", "remote1/10.7.0.11", "--addr", &addr]);
+    assert!(explain.contains(r#""hook": "import""#), "{explain}");
+    assert!(
+        explain.contains("regional endpoint from region us-east-1"),
+        "{explain}"
+    );
+    assert!(
+        explain.contains(r#""syncScope": "regional""#) && explain.contains(r#""generation": 1"#),
+        "{explain}"
     );
     let metrics = http_get(&format!("http://{addr}/metrics"));
     assert!(
@@ -216,6 +227,15 @@ fn a_second_replica_waits_for_the_leader_lock() {
     stop(&mut second);
 }
 
+/// Runs the meshfilter CLI and returns its standard output.
+fn meshfilter(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_meshfilter"))
+        .args(args)
+        .output()
+        .expect("run meshfilter");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// A tiny HTTP/1.0 GET, enough for a local test; empty when nothing answers.
 fn http_get(url: &str) -> String {
     use std::io::{Read, Write};
@@ -232,4 +252,26 @@ fn http_get(url: &str) -> String {
     body.split_once("\r\n\r\n")
         .map(|(_, b)| b.to_string())
         .unwrap_or_default()
+}
+
+#[test]
+fn shadow_mode_counts_but_mirrors_everything() {
+    let s = Setup::new();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut mesh = spawn_mesh(&s.config_with(&addr, "filters:\n  shadow: [import]\n"));
+    wait_ready(&addr, "mesh did not sync");
+    let cached = etcdctl(
+        &s.local.endpoint(),
+        &["get", "--prefix", "cilium/cache/ip/v1/remote1/"],
+    );
+    assert!(
+        cached.contains("10.7.0.10") && cached.contains("10.7.0.11"),
+        "shadow mode removes nothing: {cached}"
+    );
+    let table = meshfilter(&["status", "--addr", &addr]);
+    assert!(
+        table.contains("SHADOW") && table.contains("regional endpoint from region us-east-1"),
+        "{table}"
+    );
+    stop(&mut mesh);
 }

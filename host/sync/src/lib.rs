@@ -23,7 +23,7 @@ pub use caches::{IdentityCache, NodeCache, NodeInfo};
 pub use error::SyncError;
 pub use etcd::EtcdConfig;
 pub use lock::LeaderLock;
-pub use mirrors::{ImportMirror, ImportStats, VerbatimMirror};
+pub use mirrors::{Explanation, ImportMirror, ImportStats, RecordedDecision, VerbatimMirror};
 pub use reflector::{Mirror, Reflector, ReflectorStatus};
 pub use remote::{RemoteCluster, RemoteStatus, RemoteStatusHandle};
 pub use writer::{TargetWriter, WriteOp, WriterConfig};

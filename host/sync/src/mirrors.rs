@@ -98,6 +98,39 @@ pub struct ImportStats {
     pub invalid: usize,
     /// Decisions made by a failure policy rather than a filter.
     pub failures: usize,
+    /// Shadow mode: the counts say what the import hook would do, but everything is
+    /// mirrored.
+    pub shadow: bool,
+}
+
+/// A decision as recorded for one endpoint.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RecordedDecision {
+    /// The decision.
+    pub decision: ImportDecision,
+    /// Who made it.
+    pub decided_by: Decided,
+    /// Filter generation that made it.
+    pub generation: u64,
+}
+
+/// Why an endpoint is or is not in the cache.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Explanation {
+    /// The hook that decides it.
+    pub hook: &'static str,
+    /// The decision applied when the entry was last written or removed.
+    pub applied: Option<RecordedDecision>,
+    /// The inputs the import hook sees for the current source value.
+    pub inputs: Option<EndpointInput>,
+    /// The decision the current filter generation makes on those inputs.
+    pub current: Option<RecordedDecision>,
+    /// Why the source value could not be used, if it could not.
+    pub invalid: Option<String>,
+    /// Whether shadow mode is on (decisions are counted, not applied).
+    pub shadow: bool,
 }
 
 /// Mirrors a remote cluster's ipcache entries through the import hook.
@@ -109,7 +142,8 @@ pub struct ImportMirror {
     runtime: Arc<FilterRuntime>,
     nodes: Arc<NodeCache>,
     identities: Arc<IdentityCache>,
-    decisions: Mutex<HashMap<String, ImportDecision>>,
+    decisions: Mutex<HashMap<String, RecordedDecision>>,
+    shadow: bool,
     invalid: Mutex<HashMap<String, String>>,
     failures: std::sync::atomic::AtomicUsize,
     redecide: watch::Sender<u64>,
@@ -118,9 +152,11 @@ pub struct ImportMirror {
 impl ImportMirror {
     /// Endpoints of `cluster` from `source_prefix` to `target_prefix`. Decisions are made
     /// again when the filter generation, the node cache or the identity cache changes;
-    /// the task merging those signals stops with `cancel`.
+    /// the task merging those signals stops with `cancel`. In `shadow` mode decisions are
+    /// made and counted but every entry is mirrored.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
+        shadow: bool,
         cluster: ClusterName,
         source_prefix: String,
         target_prefix: String,
@@ -140,6 +176,7 @@ impl ImportMirror {
             nodes: nodes.clone(),
             identities: identities.clone(),
             decisions: Mutex::default(),
+            shadow,
             invalid: Mutex::default(),
             failures: Default::default(),
             redecide,
@@ -172,10 +209,11 @@ impl ImportMirror {
         let mut stats = ImportStats {
             invalid: self.invalid.lock().len(),
             failures: self.failures.load(std::sync::atomic::Ordering::Relaxed),
+            shadow: self.shadow,
             ..Default::default()
         };
         for d in decisions.values() {
-            match d {
+            match &d.decision {
                 ImportDecision::Keep { .. } => stats.kept += 1,
                 ImportDecision::Skip { reason } => {
                     *stats.skipped.entry(reason.to_string()).or_default() += 1
@@ -186,8 +224,39 @@ impl ImportMirror {
     }
 
     /// The decision last made for the endpoint with key suffix `ip`, if any.
-    pub fn decision(&self, ip: &str) -> Option<ImportDecision> {
+    pub fn decision(&self, ip: &str) -> Option<RecordedDecision> {
         self.decisions.lock().get(ip).cloned()
+    }
+
+    /// Explains the endpoint `ip` whose current source value is `value` (`None`: not at
+    /// the source).
+    pub fn explain(&self, ip: &str, value: Option<&[u8]>) -> Explanation {
+        let mut e = Explanation {
+            hook: "import",
+            applied: self.decision(ip),
+            inputs: None,
+            current: None,
+            invalid: None,
+            shadow: self.shadow,
+        };
+        if let Some(value) = value {
+            match IpIdentityPair::parse(&self.cluster, ip, value) {
+                Ok(pair) => {
+                    let input = Arc::new(self.endpoint_input(ip, &pair));
+                    let verdict = self
+                        .runtime
+                        .decide_import(&input, e.applied.as_ref().map(|a| &a.decision));
+                    e.current = Some(RecordedDecision {
+                        decision: verdict.decision,
+                        decided_by: verdict.decided_by,
+                        generation: verdict.generation,
+                    });
+                    e.inputs = Some((*input).clone());
+                }
+                Err(err) => e.invalid = Some(err.to_string()),
+            }
+        }
+        e
     }
 
     fn endpoint_input(&self, suffix: &str, pair: &IpIdentityPair) -> EndpointInput {
@@ -257,16 +326,23 @@ impl Mirror for ImportMirror {
             }
         };
         let input = Arc::new(self.endpoint_input(suffix, &pair));
-        let previous = self.decisions.lock().get(suffix).cloned();
+        let previous = self
+            .decisions
+            .lock()
+            .get(suffix)
+            .map(|r| r.decision.clone());
         let verdict = self.runtime.decide_import(&input, previous.as_ref());
         if matches!(verdict.decided_by, Decided::FailurePolicy { .. }) {
             self.failures
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
-        let keep = verdict.decision.keeps();
-        self.decisions
-            .lock()
-            .insert(suffix.to_string(), verdict.decision);
+        let keep = verdict.decision.keeps() || self.shadow;
+        let recorded = RecordedDecision {
+            decision: verdict.decision,
+            decided_by: verdict.decided_by,
+            generation: verdict.generation,
+        };
+        self.decisions.lock().insert(suffix.to_string(), recorded);
         keep.then(|| value.clone())
     }
     fn observe(&self, source_key: &str, value: Option<&Bytes>) {

@@ -51,9 +51,18 @@ pub struct RemoteCluster {
     backoff: Backoff,
     status: Arc<Mutex<RemoteStatus>>,
     endpoints: Arc<Mutex<Option<Arc<ImportMirror>>>>,
+    source: Arc<Mutex<Option<(Client, String)>>>,
+    shadow_import: bool,
 }
 
 impl RemoteCluster {
+    /// Shadow mode for the import hook: decisions are made, counted and shown, but every
+    /// endpoint is mirrored, so a new filter can be judged before it removes anything.
+    pub fn with_shadow_import(mut self, shadow: bool) -> RemoteCluster {
+        self.shadow_import = shadow;
+        self
+    }
+
     /// A remote cluster `name` reached with `etcd`, mirrored through `local`.
     pub fn new(
         name: ClusterName,
@@ -74,6 +83,8 @@ impl RemoteCluster {
             backoff,
             status,
             endpoints: Arc::default(),
+            source: Arc::default(),
+            shadow_import: false,
         }
     }
 
@@ -82,6 +93,7 @@ impl RemoteCluster {
         RemoteStatusHandle {
             status: self.status.clone(),
             endpoints: self.endpoints.clone(),
+            source: self.source.clone(),
             resources: Arc::default(),
         }
     }
@@ -189,7 +201,9 @@ impl RemoteCluster {
         tokio::select! {
             _ = cancel.cancelled() => {}
             _ = both_synced => {
+                *self.source.lock() = Some((client.clone(), prefix(Resource::Endpoints)));
                 let endpoints = ImportMirror::new(
+                    self.shadow_import,
                     self.name.clone(),
                     prefix(Resource::Endpoints),
                     Resource::Endpoints.cache_prefix(&self.name),
@@ -275,6 +289,7 @@ impl RemoteCluster {
 pub struct RemoteStatusHandle {
     status: Arc<Mutex<RemoteStatus>>,
     endpoints: Arc<Mutex<Option<Arc<ImportMirror>>>>,
+    source: Arc<Mutex<Option<(Client, String)>>>,
     #[allow(clippy::type_complexity)]
     resources: Arc<
         Mutex<
@@ -304,6 +319,28 @@ impl RemoteStatusHandle {
             s.endpoints = e.stats();
         }
         s
+    }
+
+    /// Why the endpoint `ip` of this cluster is or is not mirrored: reads its current
+    /// source value from the remote etcd and asks the import hook again.
+    pub async fn explain(&self, ip: &str) -> Result<crate::mirrors::Explanation, SyncError> {
+        let cluster = self.status.lock().cluster.clone();
+        let (Some(mirror), Some((client, prefix))) = (self.endpoints(), self.source.lock().clone())
+        else {
+            return Err(SyncError::ClusterConfig {
+                cluster,
+                message: "endpoints are not mirrored yet".into(),
+            });
+        };
+        let mut kv = client.kv_client();
+        let resp = kv
+            .get(format!("{prefix}{ip}"), None)
+            .await
+            .map_err(SyncError::etcd(&cluster))?;
+        let value = resp.kvs().first().map(|kv| kv.value().to_vec());
+        Ok(tokio::task::block_in_place(|| {
+            mirror.explain(ip, value.as_deref())
+        }))
     }
 
     /// The import mirror, once the endpoints reflector runs.

@@ -125,6 +125,7 @@ async fn serve(config: MeshConfig, drain_grace: Duration) -> anyhow::Result<()> 
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
         .route("/status", get(status))
+        .route("/explain", get(explain))
         .with_state(shared.clone());
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -231,13 +232,18 @@ async fn reconcile_remotes(
             continue;
         }
         tracing::info!(cluster = %name, endpoints = ?etcd.endpoints, "connecting remote cluster");
+        let shadow = config
+            .filters
+            .shadow
+            .contains(&meshfilter_filter_runtime::Hook::Import);
         let remote = RemoteCluster::new(
             name.clone(),
             etcd.clone(),
             writer.clone(),
             runtime.clone(),
             Backoff::default(),
-        );
+        )
+        .with_shadow_import(shadow);
         let handle = remote.status_handle();
         let child = cancel.child_token();
         let task = tokio::spawn(remote.run(child.clone(), handle.clone()));
@@ -332,6 +338,37 @@ async fn status(State(shared): State<Arc<Shared>>) -> axum::Json<MeshStatus> {
     axum::Json(snapshot(&shared))
 }
 
+#[derive(Debug, serde::Deserialize)]
+struct ExplainQuery {
+    cluster: String,
+    ip: String,
+}
+
+async fn explain(
+    State(shared): State<Arc<Shared>>,
+    axum::extract::Query(q): axum::extract::Query<ExplainQuery>,
+) -> (StatusCode, String) {
+    let handle = shared
+        .remotes
+        .lock()
+        .unwrap()
+        .get(&q.cluster)
+        .map(|r| r.handle.clone());
+    let Some(handle) = handle else {
+        return (
+            StatusCode::NOT_FOUND,
+            format!("no remote cluster {:?}", q.cluster),
+        );
+    };
+    match handle.explain(&q.ip).await {
+        Ok(e) => (
+            StatusCode::OK,
+            serde_json::to_string_pretty(&e).unwrap_or_default(),
+        ),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
+}
+
 async fn ready(State(shared): State<Arc<Shared>>) -> (StatusCode, String) {
     if !shared.leader.load(std::sync::atomic::Ordering::Relaxed) {
         return (
@@ -363,6 +400,25 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> (StatusCode, String) {
     }
 }
 
+/// `meshfilter explain <cluster>/<ip>`: why an endpoint is (not) in this cluster's cache.
+pub fn print_explain(addr: &str, target: &str) -> anyhow::Result<ExitCode> {
+    let Some((cluster, ip)) = target.split_once('/') else {
+        anyhow::bail!("expected <cluster>/<ip>, got {target:?}");
+    };
+    let url = format!("http://{addr}/explain?cluster={cluster}&ip={ip}");
+    match ureq::get(&url).timeout(Duration::from_secs(5)).call() {
+        Ok(resp) => {
+            println!("{}", resp.into_string()?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(ureq::Error::Status(_, resp)) => {
+            println!("{}", resp.into_string()?);
+            Ok(ExitCode::FAILURE)
+        }
+        Err(e) => Err(e).with_context(|| format!("GET {url}")),
+    }
+}
+
 /// `meshfilter status`: fetches `/status` and prints one line per remote cluster.
 pub fn print_status(addr: &str, json: bool) -> anyhow::Result<ExitCode> {
     let url = format!("http://{addr}/status");
@@ -380,6 +436,15 @@ pub fn print_status(addr: &str, json: bool) -> anyhow::Result<ExitCode> {
         "cluster {}  filter generation {}",
         status.cluster, status.filters["generation"]
     );
+    if status
+        .remotes
+        .iter()
+        .any(|r| r["endpoints"]["shadow"] == true)
+    {
+        println!(
+            "import hook in SHADOW mode: FILTERED counts what it would remove; everything is mirrored"
+        );
+    }
     println!(
         "{:<20} {:<10} {:<7} {:>9} {:>9} {:>8} {:>8}  LAST ERROR",
         "REMOTE", "CONNECTED", "SYNCED", "MIRRORED", "FILTERED", "INVALID", "RETRIES"
@@ -397,11 +462,11 @@ pub fn print_status(addr: &str, json: bool) -> anyhow::Result<ExitCode> {
         println!(
             "{:<20} {:<10} {:<7} {:>9} {:>9} {:>8} {:>8}  {}",
             r["cluster"].as_str().unwrap_or("?"),
-            r["connected"],
-            r["synced"],
-            r["endpoints"]["kept"],
+            r["connected"].to_string(),
+            r["synced"].to_string(),
+            r["endpoints"]["kept"].to_string(),
             filtered,
-            r["endpoints"]["invalid"],
+            r["endpoints"]["invalid"].to_string(),
             retries,
             r["lastError"].as_str().unwrap_or("-"),
         );

@@ -31,6 +31,7 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Mesh(args) => mesh::run(&args),
         Command::Bench(BenchCommand::Mesh(args)) => bench_mesh::run(&args),
         Command::Status(args) => mesh::print_status(&args.addr, args.json),
+        Command::Explain(args) => mesh::print_explain(&args.addr, &args.target),
     }
 }
 
