@@ -36,6 +36,9 @@ pub enum Command {
     /// Why an endpoint is (not) in this cluster's cache: the hook, the filter generation,
     /// the decision applied and the one the current filters make, and their inputs.
     Explain(ExplainArgs),
+    /// Source-side filtering: copy this cluster's unfiltered clustermesh state into the
+    /// etcd remote clusters read, with only the endpoints the export hook lets out.
+    Export(ExportArgs),
     /// Show the status of a running `meshfilter mesh`: per remote cluster, connected,
     /// synced, entries mirrored and filtered out (and why), retries, last error.
     Status(StatusArgs),
@@ -188,4 +191,12 @@ pub struct ExplainArgs {
     /// Address of the `meshfilter mesh` HTTP endpoint.
     #[arg(long, default_value = "127.0.0.1:9964")]
     pub addr: String,
+}
+
+/// `export`
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// Config file (YAML).
+    #[arg(long)]
+    pub config: PathBuf,
 }

@@ -62,6 +62,28 @@ pub struct FiltersSection {
     pub shadow: Vec<meshfilter_filter_runtime::Hook>,
 }
 
+impl ClusterSection {
+    /// Checks the name against Cilium's rules.
+    fn validate(&self) -> anyhow::Result<()> {
+        ClusterName::new(self.name.clone()).with_context(|| {
+            format!(
+                "cluster.name: {:?} is not a valid Cilium cluster name",
+                self.name
+            )
+        })?;
+        Ok(())
+    }
+
+    /// This cluster's locality.
+    pub fn locality(&self) -> Locality {
+        Locality {
+            cluster: self.name.clone(),
+            zone: self.zone.clone(),
+            region: self.region.clone(),
+        }
+    }
+}
+
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 9964))
 }
@@ -73,12 +95,7 @@ impl MeshConfig {
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         let config: MeshConfig = serde_yaml::from_str(&text)
             .with_context(|| format!("invalid config {}", path.display()))?;
-        ClusterName::new(config.cluster.name.clone()).with_context(|| {
-            format!(
-                "cluster.name: {:?} is not a valid Cilium cluster name",
-                config.cluster.name
-            )
-        })?;
+        config.cluster.validate()?;
         if config.local_etcd.endpoints.is_empty() {
             bail!("localEtcd.endpoints: at least one endpoint is required");
         }
@@ -111,10 +128,52 @@ impl MeshConfig {
 
     /// This cluster's locality.
     pub fn locality(&self) -> Locality {
-        Locality {
-            cluster: self.cluster.name.clone(),
-            zone: self.cluster.zone.clone(),
-            region: self.cluster.region.clone(),
+        self.cluster.locality()
+    }
+}
+
+/// `meshfilter export --config <file>`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ExportConfig {
+    /// This cluster: its name, zone and region.
+    pub cluster: ClusterSection,
+    /// The unfiltered clustermesh etcd (what a clustermesh-apiserver writes).
+    pub source_etcd: EtcdConfig,
+    /// The etcd remote clusters read (needs write access).
+    pub export_etcd: EtcdConfig,
+    /// Filter modules.
+    #[serde(default)]
+    pub filters: FiltersSection,
+    /// Address of the HTTP endpoint (`/metrics`, `/healthz`, `/readyz`, `/status`).
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+}
+
+impl ExportConfig {
+    /// Reads and validates `path`.
+    pub fn load(path: &Path) -> anyhow::Result<ExportConfig> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let config: ExportConfig = serde_yaml::from_str(&text)
+            .with_context(|| format!("invalid config {}", path.display()))?;
+        config.cluster.validate()?;
+        for (field, etcd) in [
+            ("sourceEtcd", &config.source_etcd),
+            ("exportEtcd", &config.export_etcd),
+        ] {
+            if etcd.endpoints.is_empty() {
+                bail!("{field}.endpoints: at least one endpoint is required");
+            }
         }
+        if config.source_etcd.endpoints == config.export_etcd.endpoints {
+            bail!("exportEtcd: must be another etcd than sourceEtcd");
+        }
+        Ok(config)
+    }
+
+    /// This cluster's locality.
+    pub fn locality(&self) -> Locality {
+        self.cluster.locality()
     }
 }

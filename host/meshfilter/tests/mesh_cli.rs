@@ -275,3 +275,70 @@ fn shadow_mode_counts_but_mirrors_everything() {
     );
     stop(&mut mesh);
 }
+
+#[test]
+fn export_publishes_only_opted_in_endpoints() {
+    let apiserver = EtcdServer::start("apiserver");
+    let export = EtcdServer::start("export");
+    let a = apiserver.endpoint();
+    let config = r#"{"id":7,"capabilities":{"syncedCanaries":true,"maxConnectedClusters":255}}"#;
+    etcdctl(&a, &["put", "cilium/cluster-config/prod-us-1", config]);
+    etcdctl(
+        &a,
+        &[
+            "put",
+            "cilium/state/identities/v1/id/459009",
+            "k8s:app=web;k8s:clustermesh.cilium.io/sync=true;k8s:io.kubernetes.pod.namespace=shop;",
+        ],
+    );
+    etcdctl(
+        &a,
+        &[
+            "put",
+            "cilium/state/identities/v1/id/459010",
+            "k8s:app=batch;k8s:io.kubernetes.pod.namespace=shop;",
+        ],
+    );
+    etcdctl(&a, &["put", "cilium/state/ip/v1/default/10.7.0.10", GLOBAL]);
+    let not_opted_in = GLOBAL
+        .replace("10.7.0.10", "10.7.0.20")
+        .replace("459009", "459010");
+    etcdctl(
+        &a,
+        &["put", "cilium/state/ip/v1/default/10.7.0.20", &not_opted_in],
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let file = dir.path().join("export.yaml");
+    let text = format!(
+        "cluster: {{name: prod-us-1, region: us-east-1}}\nsourceEtcd:\n  endpoints: [{a}]\nexportEtcd:\n  endpoints: [{}]\nlisten: {addr}\n",
+        export.endpoint()
+    );
+    std::fs::write(&file, text).unwrap();
+    let mut exporter = Command::new(env!("CARGO_BIN_EXE_meshfilter"))
+        .args(["export", "--config", file.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start meshfilter export");
+    wait_ready(&addr, "export did not sync");
+    let exported = etcdctl(
+        &export.endpoint(),
+        &["get", "--prefix", "cilium/state/ip/v1/default/"],
+    );
+    assert!(
+        exported.contains("10.7.0.10") && !exported.contains("10.7.0.20"),
+        "{exported}"
+    );
+    assert!(
+        !etcdctl(
+            &export.endpoint(),
+            &["get", "cilium/cluster-config/prod-us-1"]
+        )
+        .is_empty()
+    );
+    let status = http_get(&format!("http://{addr}/status"));
+    assert!(status.contains("not opted in"), "{status}");
+    stop(&mut exporter);
+}

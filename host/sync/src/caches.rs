@@ -189,3 +189,41 @@ impl IdentityCache {
         }
     }
 }
+
+/// What a filter sees of an ipcache entry stored under key suffix `ip`: the pair joined
+/// with its node's topology (by `HostIP`) and its identity's labels (by `ID`). `cluster`
+/// is the entry's cluster; `fallback` supplies zone and region when the node is unknown.
+pub(crate) fn endpoint_input(
+    ip: &str,
+    pair: &meshfilter_cilium::IpIdentityPair,
+    cluster: &str,
+    nodes: &NodeCache,
+    identities: &IdentityCache,
+    fallback: Option<&meshfilter_filter_runtime::Locality>,
+) -> meshfilter_filter_runtime::EndpointInput {
+    let node = pair.host_ip.and_then(|h| nodes.by_ip(&h));
+    meshfilter_filter_runtime::EndpointInput {
+        namespace: pair.k8s_namespace.clone(),
+        pod_name: pair.k8s_pod_name.clone(),
+        ip: ip.to_string(),
+        node_ip: pair.host_ip.map(|h| h.to_string()),
+        identity: pair.id,
+        service_account: Some(pair.k8s_service_account.clone()).filter(|s| !s.is_empty()),
+        labels: identities
+            .k8s_labels(pair.id)
+            .map(|l| (*l).clone())
+            .unwrap_or_default(),
+        sync_scope: pair.sync_scope.clone(),
+        origin: meshfilter_filter_runtime::Locality {
+            cluster: cluster.to_string(),
+            zone: node
+                .as_ref()
+                .and_then(|n| n.zone.clone())
+                .or_else(|| fallback.and_then(|f| f.zone.clone())),
+            region: node
+                .and_then(|n| n.region)
+                .or_else(|| fallback.and_then(|f| f.region.clone())),
+        },
+        ..Default::default()
+    }
+}

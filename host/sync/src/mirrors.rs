@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use meshfilter_cilium::{ClusterName, IpIdentityPair, KvstoreValue};
-use meshfilter_filter_runtime::{Decided, EndpointInput, FilterRuntime, ImportDecision, Locality};
+use meshfilter_filter_runtime::{Decided, EndpointInput, FilterRuntime, ImportDecision};
 use parking_lot::Mutex;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -83,6 +83,44 @@ impl Mirror for VerbatimMirror {
             observer(suffix, value);
         }
     }
+}
+
+/// Forwards changes of any of `sources` to `signal`, a burst settling into one bump,
+/// until `cancel`: every filter generation, node or identity change means decisions must
+/// be made again.
+pub(crate) fn merge_redecide<const N: usize>(
+    signal: watch::Sender<u64>,
+    mut sources: [watch::Receiver<u64>; N],
+    cancel: CancellationToken,
+) {
+    tokio::spawn(async move {
+        loop {
+            let any_changed = futures_select_any(&mut sources);
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                alive = any_changed => if !alive { return },
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            for s in sources.iter_mut() {
+                s.mark_unchanged();
+            }
+            signal.send_modify(|v| *v += 1);
+        }
+    });
+}
+
+/// Resolves when any receiver sees a change; false when one of them is closed.
+async fn futures_select_any<const N: usize>(sources: &mut [watch::Receiver<u64>; N]) -> bool {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<bool>(N);
+    let mut waits = tokio::task::JoinSet::new();
+    for s in sources.iter() {
+        let (mut s, tx) = (s.clone(), tx.clone());
+        waits.spawn(async move {
+            let _ = tx.send(s.changed().await.is_ok()).await;
+        });
+    }
+    drop(tx);
+    rx.recv().await.unwrap_or(false)
 }
 
 /// What the import hook did with one remote cluster's endpoints.
@@ -181,25 +219,11 @@ impl ImportMirror {
             failures: Default::default(),
             redecide,
         });
-        let signal = mirror.redecide.clone();
-        let (mut generations, mut node_versions, mut identity_versions) =
-            (runtime.subscribe(), nodes.version(), identities.version());
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    r = generations.changed() => if r.is_err() { return },
-                    r = node_versions.changed() => if r.is_err() { return },
-                    r = identity_versions.changed() => if r.is_err() { return },
-                }
-                // Let a burst of node or identity updates settle into one re-decision.
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                generations.mark_unchanged();
-                node_versions.mark_unchanged();
-                identity_versions.mark_unchanged();
-                signal.send_modify(|v| *v += 1);
-            }
-        });
+        merge_redecide(
+            mirror.redecide.clone(),
+            [runtime.subscribe(), nodes.version(), identities.version()],
+            cancel,
+        );
         mirror
     }
 
@@ -260,28 +284,14 @@ impl ImportMirror {
     }
 
     fn endpoint_input(&self, suffix: &str, pair: &IpIdentityPair) -> EndpointInput {
-        let node = pair.host_ip.and_then(|ip| self.nodes.by_ip(&ip));
-        let labels = self
-            .identities
-            .k8s_labels(pair.id)
-            .map(|l| (*l).clone())
-            .unwrap_or_default();
-        EndpointInput {
-            namespace: pair.k8s_namespace.clone(),
-            pod_name: pair.k8s_pod_name.clone(),
-            ip: suffix.to_string(),
-            node_ip: pair.host_ip.map(|ip| ip.to_string()),
-            identity: pair.id,
-            service_account: Some(pair.k8s_service_account.clone()).filter(|s| !s.is_empty()),
-            labels,
-            sync_scope: pair.sync_scope.clone(),
-            origin: Locality {
-                cluster: self.cluster.to_string(),
-                zone: node.as_ref().and_then(|n| n.zone.clone()),
-                region: node.and_then(|n| n.region),
-            },
-            ..Default::default()
-        }
+        crate::caches::endpoint_input(
+            suffix,
+            pair,
+            self.cluster.as_str(),
+            &self.nodes,
+            &self.identities,
+            None,
+        )
     }
 }
 

@@ -17,9 +17,7 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use meshfilter_cilium::ClusterName;
 use meshfilter_cilium::keys::{Resource, cluster_config_key, synced_prefix};
-use meshfilter_filter_runtime::{
-    EngineConfig, FilterMetrics, FilterRuntime, GenerationInfo, ModuleSource, RuntimeConfig,
-};
+use meshfilter_filter_runtime::{FilterRuntime, GenerationInfo};
 use meshfilter_sync::{
     Backoff, EtcdConfig, LeaderLock, RemoteCluster, RemoteStatus, RemoteStatusHandle, TargetWriter,
     WriterConfig,
@@ -28,7 +26,6 @@ use prometheus_client::registry::Registry;
 use std::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
-use crate::builtin;
 use crate::cli::MeshArgs;
 use crate::config::MeshConfig;
 
@@ -77,39 +74,9 @@ pub fn run(args: &MeshArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn serve(config: MeshConfig, drain_grace: Duration) -> anyhow::Result<()> {
-    let cancel = CancellationToken::new();
-    let signals = cancel.clone();
-    tokio::spawn(async move {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler");
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-        tracing::info!("shutting down");
-        signals.cancel();
-    });
-
-    let mut registry = Registry::default();
-    let filter_metrics = FilterMetrics::default();
-    filter_metrics.register(&mut registry);
-    let source = match &config.filters.directory {
-        Some(dir) => ModuleSource::Directory(dir.clone()),
-        None => ModuleSource::Builtin(builtin::default_set(config.filters.config.clone())),
-    };
-    let runtime = tokio::task::block_in_place(|| {
-        FilterRuntime::new(
-            RuntimeConfig {
-                engine: EngineConfig::default(),
-                source,
-                pins: config.filters.pins.clone(),
-                local: config.locality(),
-            },
-            filter_metrics,
-        )
-    })
-    .context("loading filters")?;
-    let _watch = runtime.watch(Duration::from_millis(500), Duration::from_secs(60))?;
+    let cancel = super::serve::shutdown_on_signal();
+    let (runtime, registry, _watch) =
+        super::serve::load_filters(&config.filters, config.locality())?;
 
     let local = connect_with_retry(&config.local_etcd, "local", &cancel).await?;
     let shared = Arc::new(Shared {
@@ -188,7 +155,7 @@ async fn serve(config: MeshConfig, drain_grace: Duration) -> anyhow::Result<()> 
     Ok(())
 }
 
-async fn connect_with_retry(
+pub(super) async fn connect_with_retry(
     etcd: &EtcdConfig,
     name: &str,
     cancel: &CancellationToken,

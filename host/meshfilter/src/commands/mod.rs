@@ -5,7 +5,9 @@ mod bench_mesh;
 mod check;
 mod demo;
 mod demo_mesh;
+mod export;
 mod mesh;
+mod serve;
 mod test;
 
 use std::collections::BTreeMap;
@@ -29,6 +31,7 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Filter(FilterCommand::Bench(args)) => bench::run(&args),
         Command::Demo(args) => demo::run(&args),
         Command::Mesh(args) => mesh::run(&args),
+        Command::Export(args) => export::run(&args),
         Command::Bench(BenchCommand::Mesh(args)) => bench_mesh::run(&args),
         Command::Status(args) => mesh::print_status(&args.addr, args.json),
         Command::Explain(args) => mesh::print_explain(&args.addr, &args.target),

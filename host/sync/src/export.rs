@@ -1,0 +1,315 @@
+//! Source-side filtering: the local cluster's unfiltered clustermesh state, as a
+//! clustermesh-apiserver writes it, copied into the etcd other clusters read, with only the
+//! endpoints the export hook lets out and their scope in `SyncScope`.
+//!
+//! This path reads what etcd carries: pod labels come from the endpoint's security
+//! identity (Cilium puts the pod's labels there), so `clustermesh.cilium.io/sync` works as
+//! a label; annotations (the scope annotation, namespace annotations) are not in etcd and
+//! need the Kubernetes source.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use meshfilter_cilium::keys::{Resource, cluster_config_key};
+use meshfilter_cilium::{ClusterName, IpIdentityPair, KvstoreValue};
+use meshfilter_filter_runtime::{ExportDecision, FilterRuntime};
+use parking_lot::Mutex;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::backoff::Backoff;
+use crate::caches::{IdentityCache, NodeCache};
+use crate::mirrors::VerbatimMirror;
+use crate::reflector::{Mirror, Reflector, ReflectorStatus};
+use crate::writer::TargetWriter;
+
+/// What the export hook did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExportStats {
+    /// Endpoints exported, by scope.
+    pub exported: BTreeMap<String, usize>,
+    /// Endpoints kept in, by reason.
+    pub skipped: BTreeMap<String, usize>,
+    /// Entries that could not be parsed.
+    pub invalid: usize,
+}
+
+/// The endpoint mirror of the export side.
+pub struct ExportMirror {
+    cluster: ClusterName,
+    prefix: String,
+    canary: String,
+    runtime: Arc<FilterRuntime>,
+    nodes: Arc<NodeCache>,
+    identities: Arc<IdentityCache>,
+    decisions: Mutex<BTreeMap<String, ExportDecision>>,
+    invalid: Mutex<BTreeMap<String, String>>,
+    redecide: watch::Sender<u64>,
+}
+
+impl ExportMirror {
+    /// Decisions are made again when filters, nodes or identities change; the task merging
+    /// those signals stops with `cancel`.
+    pub fn new(
+        cluster: ClusterName,
+        runtime: Arc<FilterRuntime>,
+        nodes: Arc<NodeCache>,
+        identities: Arc<IdentityCache>,
+        cancel: CancellationToken,
+    ) -> Arc<ExportMirror> {
+        let (redecide, _) = watch::channel(0);
+        let mirror = Arc::new(ExportMirror {
+            prefix: Resource::Endpoints.source_prefix(&cluster),
+            canary: Resource::Endpoints.source_canary_key(&cluster),
+            cluster,
+            runtime: runtime.clone(),
+            nodes: nodes.clone(),
+            identities: identities.clone(),
+            decisions: Mutex::default(),
+            invalid: Mutex::default(),
+            redecide,
+        });
+        crate::mirrors::merge_redecide(
+            mirror.redecide.clone(),
+            [runtime.subscribe(), nodes.version(), identities.version()],
+            cancel,
+        );
+        mirror
+    }
+
+    /// What was exported and kept in, and why.
+    pub fn stats(&self) -> ExportStats {
+        let mut stats = ExportStats {
+            invalid: self.invalid.lock().len(),
+            ..Default::default()
+        };
+        for d in self.decisions.lock().values() {
+            match d {
+                ExportDecision::Sync { scope, .. } => {
+                    *stats.exported.entry(scope.to_field_value()).or_default() += 1
+                }
+                ExportDecision::Skip { reason } => {
+                    *stats.skipped.entry(reason.to_string()).or_default() += 1
+                }
+            }
+        }
+        stats
+    }
+}
+
+impl Mirror for ExportMirror {
+    fn name(&self) -> &str {
+        "endpoints"
+    }
+    fn source_prefix(&self) -> &str {
+        &self.prefix
+    }
+    fn target_key(&self, source_key: &str) -> Option<String> {
+        source_key
+            .starts_with(&self.prefix)
+            .then(|| source_key.to_string())
+    }
+    fn target_prefix(&self) -> &str {
+        &self.prefix
+    }
+    fn canary_key(&self) -> Option<&str> {
+        Some(&self.canary)
+    }
+    fn transform(&self, source_key: &str, value: &Bytes) -> Option<Bytes> {
+        let suffix = source_key.strip_prefix(&self.prefix)?;
+        let mut pair = match IpIdentityPair::parse(&self.cluster, suffix, value) {
+            Ok(p) => p,
+            Err(e) => {
+                if self
+                    .invalid
+                    .lock()
+                    .insert(suffix.to_string(), e.to_string())
+                    .is_none()
+                {
+                    tracing::warn!(cluster = %self.cluster, key = source_key, error = %e, "skipping invalid ipcache entry");
+                }
+                return None;
+            }
+        };
+        self.invalid.lock().remove(suffix);
+        let local = self.runtime.local();
+        let mut input = crate::caches::endpoint_input(
+            suffix,
+            &pair,
+            &local.cluster,
+            &self.nodes,
+            &self.identities,
+            Some(local),
+        );
+        // What goes out is decided by the source's own pod labels, never a stale scope.
+        input.sync_scope = None;
+        let input = Arc::new(input);
+        let previous = self.decisions.lock().get(suffix).cloned();
+        let verdict = self.runtime.decide_export(&input, previous.as_ref());
+        let out = match &verdict.decision {
+            ExportDecision::Sync { scope, .. } => {
+                pair.sync_scope = Some(scope.to_field_value());
+                Some(Bytes::from(pair.to_json_bytes()))
+            }
+            ExportDecision::Skip { .. } => None,
+        };
+        self.decisions
+            .lock()
+            .insert(suffix.to_string(), verdict.decision);
+        out
+    }
+    fn observe(&self, source_key: &str, value: Option<&Bytes>) {
+        if value.is_none()
+            && let Some(suffix) = source_key.strip_prefix(&self.prefix)
+        {
+            self.decisions.lock().remove(suffix);
+            self.invalid.lock().remove(suffix);
+        }
+    }
+    fn redecide(&self) -> Option<watch::Receiver<u64>> {
+        Some(self.redecide.subscribe())
+    }
+}
+
+/// Runs the export of one cluster: endpoints through the export hook, identities, nodes,
+/// services and service exports verbatim, and the cluster config, from `source` (the
+/// unfiltered clustermesh etcd) into `target` (the etcd remote clusters read).
+pub struct ExportCluster {
+    cluster: ClusterName,
+    source: etcd_client::Client,
+    target: Arc<TargetWriter>,
+    runtime: Arc<FilterRuntime>,
+    backoff: Backoff,
+}
+
+/// Live status of an export.
+#[derive(Clone, Default)]
+pub struct ExportStatusHandle {
+    endpoints: Arc<Mutex<Option<Arc<ExportMirror>>>>,
+    #[allow(clippy::type_complexity)]
+    resources: Arc<Mutex<BTreeMap<String, (Arc<Mutex<ReflectorStatus>>, watch::Receiver<bool>)>>>,
+}
+
+impl ExportStatusHandle {
+    /// Whether every reflector finished its first sync.
+    pub fn synced(&self) -> bool {
+        let resources = self.resources.lock();
+        self.endpoints.lock().is_some() && resources.values().all(|(_, s)| *s.borrow())
+    }
+
+    /// Export decisions so far.
+    pub fn stats(&self) -> ExportStats {
+        self.endpoints
+            .lock()
+            .as_ref()
+            .map(|e| e.stats())
+            .unwrap_or_default()
+    }
+
+    /// Per-resource reflector status.
+    pub fn resources(&self) -> BTreeMap<String, ReflectorStatus> {
+        self.resources
+            .lock()
+            .iter()
+            .map(|(k, (s, _))| (k.clone(), s.lock().clone()))
+            .collect()
+    }
+}
+
+impl ExportCluster {
+    /// Export `cluster` from `source` through `target`.
+    pub fn new(
+        cluster: ClusterName,
+        source: etcd_client::Client,
+        target: Arc<TargetWriter>,
+        runtime: Arc<FilterRuntime>,
+        backoff: Backoff,
+    ) -> ExportCluster {
+        ExportCluster {
+            cluster,
+            source,
+            target,
+            runtime,
+            backoff,
+        }
+    }
+
+    /// Runs until `cancel`.
+    pub async fn run(self, cancel: CancellationToken, handle: ExportStatusHandle) {
+        let nodes = NodeCache::new(self.cluster.clone());
+        let identities = IdentityCache::new(self.cluster.clone());
+        let mut tasks = JoinSet::new();
+        let verbatim = |r: Resource| {
+            VerbatimMirror::new(
+                r.name(),
+                r.source_prefix(&self.cluster),
+                r.source_prefix(&self.cluster),
+                Some(r.source_canary_key(&self.cluster)),
+            )
+        };
+        let node_cache = nodes.clone();
+        let identity_cache = identities.clone();
+        let mut waits = Vec::new();
+        let mirrors: Vec<Arc<VerbatimMirror>> = vec![
+            Arc::new(verbatim(Resource::Nodes).observed_by(move |s, v| node_cache.update(s, v))),
+            Arc::new(
+                verbatim(Resource::Identities).observed_by(move |s, v| identity_cache.update(s, v)),
+            ),
+            Arc::new(verbatim(Resource::Services)),
+            Arc::new(verbatim(Resource::ServiceExports)),
+            // The cluster config travels verbatim too: remote clusters need it to connect.
+            Arc::new(VerbatimMirror::new(
+                "cluster-config",
+                cluster_config_key(&self.cluster),
+                cluster_config_key(&self.cluster),
+                None,
+            )),
+        ];
+        for mirror in mirrors {
+            waits.push(self.spawn(&mut tasks, &cancel, &handle, mirror));
+        }
+        let (nodes_synced, identities_synced) = (waits[0].clone(), waits[1].clone());
+        let ready = async move {
+            for mut s in [nodes_synced, identities_synced] {
+                let _ = s.wait_for(|v| *v).await;
+            }
+        };
+        tokio::select! {
+            _ = cancel.cancelled() => {}
+            _ = ready => {
+                let endpoints = ExportMirror::new(self.cluster.clone(), self.runtime.clone(), nodes, identities, cancel.clone());
+                *handle.endpoints.lock() = Some(endpoints.clone());
+                self.spawn(&mut tasks, &cancel, &handle, endpoints);
+            }
+        }
+        cancel.cancelled().await;
+        while tasks.join_next().await.is_some() {}
+    }
+
+    fn spawn<M: Mirror>(
+        &self,
+        tasks: &mut JoinSet<()>,
+        cancel: &CancellationToken,
+        handle: &ExportStatusHandle,
+        mirror: Arc<M>,
+    ) -> watch::Receiver<bool> {
+        let name = mirror.name().to_string();
+        let r = Reflector::new(
+            self.cluster.as_str(),
+            self.source.clone(),
+            self.target.clone(),
+            mirror,
+            self.backoff.clone(),
+        );
+        let synced = r.synced();
+        handle
+            .resources
+            .lock()
+            .insert(name, (r.status(), synced.clone()));
+        tasks.spawn(r.run(cancel.clone()));
+        synced
+    }
+}
