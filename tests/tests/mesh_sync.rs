@@ -321,3 +321,97 @@ async fn the_local_cache_holds_exactly_what_the_filters_allow() {
             .unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_of_a_lost_lease_are_written_again() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    let local_etcd = EtcdServer::start("local");
+    let remote_etcd = EtcdServer::start("remote");
+    let c = SourceCluster::new("remote", 6, "eu-west-1", "eu-west-1a");
+    let remote = etcd_client::Client::connect([remote_etcd.endpoint()], None)
+        .await
+        .unwrap();
+    put_all(
+        &remote,
+        [
+            c.config_kv(),
+            c.node_kv(0),
+            c.identity_kv(0, "web", "shop"),
+            c.endpoint_kv(0, 0, 0, None),
+        ],
+    )
+    .await;
+    let mut filters = ConfigMapDir::new();
+    let cfp = module_bytes("cfp-scope");
+    filters.update(&[
+        (
+            "filters.yaml",
+            b"import:\n  chain: [{module: cfp-scope.wasm}]\n",
+        ),
+        ("cfp-scope.wasm", &cfp),
+    ]);
+    let rt = runtime(&filters);
+    let cancel = CancellationToken::new();
+    let local = etcd_client::Client::connect([local_etcd.endpoint()], None)
+        .await
+        .unwrap();
+    let config = WriterConfig {
+        lease_ttl: Duration::from_secs(3),
+        ..WriterConfig::default()
+    };
+    let writer = TargetWriter::new(local.clone(), "local", config, cancel.clone());
+    let mirror = RemoteCluster::new(
+        ClusterName::new("remote").unwrap(),
+        EtcdConfig::plain([remote_etcd.endpoint()]),
+        writer,
+        rt,
+        Backoff::new(Duration::from_millis(50), Duration::from_millis(500)),
+    );
+    let handle = mirror.status_handle();
+    let task = tokio::spawn(mirror.run(cancel.clone(), handle.clone()));
+    let key = format!("cilium/cache/ip/v1/remote/{}", c.pod_ip(0, 0));
+    eventually("mirrored", Duration::from_secs(20), || async {
+        if list(&local, &key).await.is_empty() {
+            Err("not yet".into())
+        } else {
+            Ok(())
+        }
+    })
+    .await;
+    // Revoke every lease behind the writer's back: its keys vanish with them.
+    let mut leases = local.lease_client();
+    for lease in leases.leases().await.unwrap().leases() {
+        leases.revoke(lease.id()).await.unwrap();
+    }
+    assert!(
+        list(&local, &key).await.is_empty(),
+        "revoking the lease deleted the key"
+    );
+    eventually(
+        "written again under a new lease",
+        Duration::from_secs(20),
+        || async {
+            if list(&local, &key).await.is_empty() {
+                Err("still gone".into())
+            } else {
+                Ok(())
+            }
+        },
+    )
+    .await;
+    assert_eq!(
+        list(&local, "cilium/synced/remote/cilium/cache/ip/v1")
+            .await
+            .len(),
+        1,
+        "the canary is back too"
+    );
+    cancel.cancel();
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .unwrap()
+        .unwrap();
+}

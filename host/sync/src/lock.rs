@@ -57,8 +57,19 @@ impl LeaderLock {
                         keeper.keep_alive().await?;
                         Ok::<_, etcd_client::Error>(stream.message().await?.map(|r| r.ttl()))
                     };
-                    match tokio::time::timeout(ttl / 3, renewed).await {
+                    let outcome = tokio::time::timeout(ttl / 3, renewed).await;
+                    let gone =
+                        matches!(&outcome, Ok(Err(e)) if e.to_string().contains("lease not found"));
+                    match outcome {
                         Ok(Ok(Some(t))) if t > 0 => {}
+                        _ if gone => {
+                            tracing::error!(
+                                lease,
+                                "leader lock lease is gone: another replica may take over"
+                            );
+                            lost.cancel();
+                            return;
+                        }
                         Ok(Ok(_)) => {
                             tracing::error!(
                                 lease,

@@ -89,6 +89,8 @@ pub struct Reflector<M: Mirror> {
     written: HashMap<String, Bytes>,
     pinned_cluster_id: Option<u64>,
     backoff: Backoff,
+    /// Set when a write may have failed half-way: re-read the target before converging.
+    target_unknown: bool,
 }
 
 impl<M: Mirror> Reflector<M> {
@@ -112,6 +114,7 @@ impl<M: Mirror> Reflector<M> {
             written: HashMap::new(),
             pinned_cluster_id: None,
             backoff,
+            target_unknown: false,
         }
     }
 
@@ -144,6 +147,7 @@ impl<M: Mirror> Reflector<M> {
             let delay = match result {
                 Ok(()) => Duration::ZERO,
                 Err(e) => {
+                    self.target_unknown = true;
                     let delay = self.backoff.next_delay();
                     tracing::warn!(cluster = %self.cluster, resource = %self.mirror.name(), error = %e, retry_in = ?delay, "sync interrupted");
                     let mut s = self.status.lock();
@@ -185,6 +189,10 @@ impl<M: Mirror> Reflector<M> {
         redecide: &mut Option<watch::Receiver<u64>>,
     ) -> Result<(), SyncError> {
         let revision = self.list().await?;
+        if std::mem::take(&mut self.target_unknown) {
+            self.written.clear();
+            self.adopt_target().await?;
+        }
         self.converge_all().await?;
         if !*self.synced.borrow() {
             self.write_canary().await?;
@@ -211,7 +219,7 @@ impl<M: Mirror> Reflector<M> {
                 changed = lease_lost.changed() => {
                     if changed.is_ok() {
                         tracing::warn!(cluster = %self.cluster, resource = %self.mirror.name(), "lease lost: writing every key again");
-                        self.rewrite_all().await?;
+                        self.resync_target().await?;
                     }
                 }
                 changed = async { match redecide.as_mut() { Some(r) => r.changed().await, None => std::future::pending().await } } => {
@@ -391,16 +399,12 @@ impl<M: Mirror> Reflector<M> {
         self.write(ops).await
     }
 
-    async fn rewrite_all(&mut self) -> Result<(), SyncError> {
-        let ops: Vec<WriteOp> = self
-            .written
-            .iter()
-            .map(|(k, v)| WriteOp::Put {
-                key: k.clone(),
-                value: v.clone(),
-            })
-            .collect();
-        self.writer.apply(&ops).await?;
+    /// After a lost lease the target no longer holds what `written` says: read what it
+    /// does hold, then converge (which writes everything missing, canary included).
+    async fn resync_target(&mut self) -> Result<(), SyncError> {
+        self.written.clear();
+        self.adopt_target().await?;
+        self.converge_all().await?;
         if *self.synced.borrow() {
             self.write_canary().await?;
         }

@@ -76,7 +76,7 @@ pub struct TargetWriter {
     client: Client,
     name: String,
     config: WriterConfig,
-    current: Mutex<Option<Lease>>,
+    current: Arc<Mutex<Option<Lease>>>,
     lost: watch::Sender<u64>,
     cancel: CancellationToken,
 }
@@ -102,7 +102,7 @@ impl TargetWriter {
             client,
             name: name.to_string(),
             config,
-            current: Mutex::new(None),
+            current: Arc::new(Mutex::new(None)),
             lost,
             cancel,
         })
@@ -210,6 +210,7 @@ impl TargetWriter {
         let cancel = self.cancel.clone();
         let lost = self.lost.clone();
         let name = self.name.clone();
+        let current = self.current.clone();
         tokio::spawn(async move {
             let mut failures = 0u32;
             loop {
@@ -222,10 +223,32 @@ impl TargetWriter {
                     keeper.keep_alive().await?;
                     Ok::<_, etcd_client::Error>(stream.message().await?.map(|r| r.ttl()))
                 };
-                match tokio::time::timeout(Duration::from_secs(10), renewed).await {
+                let outcome = tokio::time::timeout(Duration::from_secs(10), renewed).await;
+                // etcd answers a renewal of an expired or revoked lease with TTL 0, which the
+                // client reports as "lease not found".
+                let gone =
+                    matches!(&outcome, Ok(Err(e)) if e.to_string().contains("lease not found"));
+                match outcome {
                     Ok(Ok(Some(ttl))) if ttl > 0 => failures = 0,
+                    _ if gone => {
+                        tracing::warn!(etcd = %name, lease = id, "lease expired; keys under it are gone and will be written again");
+                        {
+                            let mut current = current.lock().await;
+                            if current.as_ref().is_some_and(|l| l.id == id) {
+                                *current = None;
+                            }
+                        }
+                        lost.send_modify(|n| *n += 1);
+                        return;
+                    }
                     Ok(Ok(_)) => {
                         tracing::warn!(etcd = %name, lease = id, "lease expired; keys under it are gone and will be written again");
+                        {
+                            let mut current = current.lock().await;
+                            if current.as_ref().is_some_and(|l| l.id == id) {
+                                *current = None;
+                            }
+                        }
                         lost.send_modify(|n| *n += 1);
                         return;
                     }
