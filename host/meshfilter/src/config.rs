@@ -24,9 +24,63 @@ pub struct MeshConfig {
     /// Filter modules.
     #[serde(default)]
     pub filters: FiltersSection,
-    /// Address of the HTTP endpoint (`/metrics`, `/healthz`, `/readyz`, `/status`).
+    /// Address of the HTTP endpoint (`/metrics`, `/healthz`, `/readyz`, `/status`,
+    /// `/explain`, `/resolve`).
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
+    /// The on-demand resolve API for node agents.
+    #[serde(default)]
+    pub resolve: ResolveSection,
+}
+
+/// On-demand resolution limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ResolveSection {
+    /// How long a resolved endpoint stays in the cache after its last resolution.
+    #[serde(default = "default_pin_ttl", with = "humantime_serde_compat")]
+    pub pin_ttl: std::time::Duration,
+    /// How long an address found nowhere is not looked up again.
+    #[serde(default = "default_negative_ttl", with = "humantime_serde_compat")]
+    pub negative_ttl: std::time::Duration,
+    /// Remote lookups started per second at most.
+    #[serde(default = "default_per_second")]
+    pub per_second: u32,
+}
+
+impl Default for ResolveSection {
+    fn default() -> Self {
+        ResolveSection {
+            pin_ttl: default_pin_ttl(),
+            negative_ttl: default_negative_ttl(),
+            per_second: default_per_second(),
+        }
+    }
+}
+
+fn default_pin_ttl() -> std::time::Duration {
+    std::time::Duration::from_secs(300)
+}
+
+fn default_negative_ttl() -> std::time::Duration {
+    std::time::Duration::from_secs(30)
+}
+
+fn default_per_second() -> u32 {
+    200
+}
+
+/// Durations written as `30s`, `5m`, `1h`.
+mod humantime_serde_compat {
+    use serde::Deserialize;
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(
+        d: D,
+    ) -> Result<std::time::Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text)
+            .map_err(|e| serde::de::Error::custom(format!("{text:?}: {e}")))
+    }
 }
 
 /// Who this cluster is.

@@ -169,6 +169,21 @@ fn mesh_mirrors_a_remote_and_reports_status() {
         explain.contains(r#""syncScope": "regional""#) && explain.contains(r#""generation": 1"#),
         "{explain}"
     );
+    // On-demand resolution installs the filtered-out regional entry, verbatim.
+    let resolved = http_get(&format!("http://{addr}/resolve?ip=10.7.0.11"));
+    assert!(resolved.contains(r#""cluster":"remote1""#), "{resolved}");
+    let cached = etcdctl(&l, &["get", "cilium/cache/ip/v1/remote1/10.7.0.11"]);
+    assert!(
+        cached.contains(REGIONAL),
+        "resolved entry in the cache: {cached}"
+    );
+    let miss = http_get(&format!("http://{addr}/resolve?ip=10.99.0.1"));
+    assert!(miss.contains("not-found"), "{miss}");
+    let again = http_get(&format!("http://{addr}/resolve?ip=10.99.0.1"));
+    assert!(
+        again.contains("negative-cached"),
+        "no second lookup: {again}"
+    );
     let metrics = http_get(&format!("http://{addr}/metrics"));
     assert!(
         metrics.contains("meshfilter_filter_generation 1"),

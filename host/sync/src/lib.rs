@@ -17,6 +17,7 @@ mod lock;
 mod mirrors;
 mod reflector;
 mod remote;
+mod resolve;
 mod writer;
 
 pub use backoff::Backoff;
@@ -28,4 +29,5 @@ pub use lock::LeaderLock;
 pub use mirrors::{Explanation, ImportMirror, ImportStats, RecordedDecision, VerbatimMirror};
 pub use reflector::{Mirror, Reflector, ReflectorStatus};
 pub use remote::{RemoteCluster, RemoteStatus, RemoteStatusHandle};
+pub use resolve::{ResolveError, Resolved, Resolver, ResolverStats};
 pub use writer::{TargetWriter, WriteOp, WriterConfig};

@@ -185,9 +185,37 @@ pub struct ImportMirror {
     invalid: Mutex<HashMap<String, String>>,
     failures: std::sync::atomic::AtomicUsize,
     redecide: watch::Sender<u64>,
+    /// Endpoints resolved on demand (datapath misses), mirrored whatever the import hook
+    /// says until their pin expires.
+    pinned: Mutex<HashMap<String, std::time::Instant>>,
 }
 
 impl ImportMirror {
+    /// Mirrors the endpoint `ip` until `until`, even if filtered out, and has it written
+    /// now. Renewing a pin keeps a used entry fresh.
+    pub fn pin(&self, ip: &str, until: std::time::Instant) {
+        self.pinned.lock().insert(ip.to_string(), until);
+        self.redecide.send_modify(|v| *v += 1);
+    }
+
+    /// Drops expired pins (their entries are deleted if the filters exclude them).
+    pub fn expire_pins(&self, now: std::time::Instant) -> usize {
+        let mut pinned = self.pinned.lock();
+        let before = pinned.len();
+        pinned.retain(|_, until| *until > now);
+        let expired = before - pinned.len();
+        drop(pinned);
+        if expired > 0 {
+            self.redecide.send_modify(|v| *v += 1);
+        }
+        expired
+    }
+
+    /// The key prefix endpoints are read from at the remote.
+    pub fn source_prefix(&self) -> &str {
+        &self.source_prefix
+    }
+
     /// Endpoints of `cluster` from `source_prefix` to `target_prefix`. Decisions are made
     /// again when the filter generation, the node cache or the identity cache changes;
     /// the task merging those signals stops with `cancel`. In `shadow` mode decisions are
@@ -218,6 +246,7 @@ impl ImportMirror {
             invalid: Mutex::default(),
             failures: Default::default(),
             redecide,
+            pinned: Mutex::default(),
         });
         merge_redecide(
             mirror.redecide.clone(),
@@ -346,7 +375,8 @@ impl Mirror for ImportMirror {
             self.failures
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
-        let keep = verdict.decision.keeps() || self.shadow;
+        let keep =
+            verdict.decision.keeps() || self.shadow || self.pinned.lock().contains_key(suffix);
         let recorded = RecordedDecision {
             decision: verdict.decision,
             decided_by: verdict.decided_by,

@@ -52,6 +52,7 @@ pub struct RemoteCluster {
     status: Arc<Mutex<RemoteStatus>>,
     endpoints: Arc<Mutex<Option<Arc<ImportMirror>>>>,
     source: Arc<Mutex<Option<(Client, String)>>>,
+    nodes: Arc<Mutex<Option<Arc<NodeCache>>>>,
     shadow_import: bool,
 }
 
@@ -84,6 +85,7 @@ impl RemoteCluster {
             status,
             endpoints: Arc::default(),
             source: Arc::default(),
+            nodes: Arc::default(),
             shadow_import: false,
         }
     }
@@ -94,6 +96,7 @@ impl RemoteCluster {
             status: self.status.clone(),
             endpoints: self.endpoints.clone(),
             source: self.source.clone(),
+            nodes: self.nodes.clone(),
             resources: Arc::default(),
         }
     }
@@ -156,6 +159,7 @@ impl RemoteCluster {
             }
         };
         let nodes = NodeCache::new(self.name.clone());
+        *self.nodes.lock() = Some(nodes.clone());
         let identities = IdentityCache::new(self.name.clone());
         let mut tasks = JoinSet::new();
 
@@ -290,6 +294,7 @@ pub struct RemoteStatusHandle {
     status: Arc<Mutex<RemoteStatus>>,
     endpoints: Arc<Mutex<Option<Arc<ImportMirror>>>>,
     source: Arc<Mutex<Option<(Client, String)>>>,
+    nodes: Arc<Mutex<Option<Arc<NodeCache>>>>,
     #[allow(clippy::type_complexity)]
     resources: Arc<
         Mutex<
@@ -341,6 +346,19 @@ impl RemoteStatusHandle {
         Ok(tokio::task::block_in_place(|| {
             mirror.explain(ip, value.as_deref())
         }))
+    }
+
+    /// Whether one of this cluster's node pod CIDRs holds `ip`.
+    pub fn owns(&self, ip: &std::net::IpAddr) -> bool {
+        self.nodes
+            .lock()
+            .as_ref()
+            .is_some_and(|n| n.by_pod_ip(ip).is_some())
+    }
+
+    /// The remote etcd client and the prefix endpoints are read from, once connected.
+    pub fn source(&self) -> Option<(Client, String)> {
+        self.source.lock().clone()
     }
 
     /// The import mirror, once the endpoints reflector runs.

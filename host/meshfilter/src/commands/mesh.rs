@@ -19,8 +19,8 @@ use meshfilter_cilium::ClusterName;
 use meshfilter_cilium::keys::{Resource, cluster_config_key, synced_prefix};
 use meshfilter_filter_runtime::{FilterRuntime, GenerationInfo};
 use meshfilter_sync::{
-    Backoff, EtcdConfig, LeaderLock, RemoteCluster, RemoteStatus, RemoteStatusHandle, TargetWriter,
-    WriterConfig,
+    Backoff, EtcdConfig, LeaderLock, RemoteCluster, RemoteStatus, RemoteStatusHandle, Resolver,
+    TargetWriter, WriterConfig,
 };
 use prometheus_client::registry::Registry;
 use std::sync::Mutex;
@@ -46,6 +46,9 @@ pub struct MeshStatus {
     pub filters: serde_json::Value,
     /// Per remote cluster.
     pub remotes: Vec<serde_json::Value>,
+    /// On-demand resolution counters.
+    #[serde(default)]
+    pub resolver: serde_json::Value,
 }
 
 struct Shared {
@@ -55,6 +58,7 @@ struct Shared {
     registry: Registry,
     /// Whether this replica holds the leader lock.
     leader: std::sync::atomic::AtomicBool,
+    resolver: std::sync::OnceLock<Arc<Resolver>>,
 }
 
 struct RunningRemote {
@@ -85,6 +89,7 @@ async fn serve(config: MeshConfig, drain_grace: Duration) -> anyhow::Result<()> 
         remotes: Mutex::new(BTreeMap::new()),
         registry,
         leader: std::sync::atomic::AtomicBool::new(false),
+        resolver: std::sync::OnceLock::new(),
     });
 
     let app = Router::new()
@@ -93,6 +98,7 @@ async fn serve(config: MeshConfig, drain_grace: Duration) -> anyhow::Result<()> 
         .route("/readyz", get(ready))
         .route("/status", get(status))
         .route("/explain", get(explain))
+        .route("/resolve", get(resolve).post(resolve))
         .with_state(shared.clone());
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -120,6 +126,33 @@ async fn serve(config: MeshConfig, drain_grace: Duration) -> anyhow::Result<()> 
     tokio::spawn(async move {
         lost.cancelled().await;
         lock_cancel.cancel();
+    });
+    let remotes_for_resolver = shared.clone();
+    let resolver = Resolver::new(
+        Arc::new(move || {
+            remotes_for_resolver
+                .remotes
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|(n, r)| (n.clone(), r.handle.clone()))
+                .collect()
+        }),
+        local.clone(),
+        config.resolve.pin_ttl,
+        config.resolve.negative_ttl,
+        config.resolve.per_second,
+    );
+    let _ = shared.resolver.set(resolver.clone());
+    let expiry_cancel = cancel.clone();
+    let period = (config.resolve.pin_ttl / 4).max(Duration::from_millis(100));
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = expiry_cancel.cancelled() => return,
+                _ = tokio::time::sleep(period) => resolver.expire(),
+            }
+        }
     });
     let writer = TargetWriter::new(
         local.clone(),
@@ -294,6 +327,11 @@ fn snapshot(shared: &Shared) -> MeshStatus {
     MeshStatus {
         cluster: shared.cluster.clone(),
         filters: serde_json::to_value(info).unwrap_or_default(),
+        resolver: shared
+            .resolver
+            .get()
+            .and_then(|r| serde_json::to_value(r.stats()).ok())
+            .unwrap_or_default(),
         remotes: remotes
             .into_iter()
             .filter_map(|r| serde_json::to_value(r).ok())
@@ -303,6 +341,40 @@ fn snapshot(shared: &Shared) -> MeshStatus {
 
 async fn status(State(shared): State<Arc<Shared>>) -> axum::Json<MeshStatus> {
     axum::Json(snapshot(&shared))
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct ResolveQuery {
+    ip: std::net::IpAddr,
+}
+
+/// The node agent's on-demand lookup: 200 with the entry once it is in the local cache,
+/// 404 when no remote has it, 429 when rate-limited, 503 when not leader.
+async fn resolve(
+    State(shared): State<Arc<Shared>>,
+    axum::extract::Query(q): axum::extract::Query<ResolveQuery>,
+) -> (StatusCode, String) {
+    let Some(resolver) = shared.resolver.get() else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "standby: not resolving".into(),
+        );
+    };
+    match resolver.resolve(q.ip).await {
+        Ok(r) => (
+            StatusCode::OK,
+            serde_json::to_string(&r).unwrap_or_default(),
+        ),
+        Err(e) => {
+            let code = match e {
+                meshfilter_sync::ResolveError::NotFound { .. }
+                | meshfilter_sync::ResolveError::NegativeCached { .. } => StatusCode::NOT_FOUND,
+                meshfilter_sync::ResolveError::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+                meshfilter_sync::ResolveError::NotInstalled { .. } => StatusCode::GATEWAY_TIMEOUT,
+            };
+            (code, serde_json::to_string(&e).unwrap_or_default())
+        }
+    }
 }
 
 #[derive(Debug, serde::Deserialize)]
