@@ -1,0 +1,175 @@
+//! The on-demand resolve API against real etcd: a filtered-out endpoint is installed on
+//! request and removed when its pin expires unused; concurrent requests share one fetch;
+//! a flood of unknown addresses is bounded by the negative cache and the rate limit.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use meshfilter_cilium::ClusterName;
+use meshfilter_filter_runtime::{
+    BuiltinSet, FilterEngine, FilterManifest, FilterMetrics, FilterRuntime, Locality, ModuleSource,
+};
+use meshfilter_sync::{
+    Backoff, EtcdConfig, RemoteCluster, ResolveError, Resolver, TargetWriter, WriterConfig,
+};
+use meshfilter_tests::cilium_data::{SourceCluster, list, put_all};
+use meshfilter_tests::etcd::EtcdServer;
+use meshfilter_tests::module_bytes;
+use tokio_util::sync::CancellationToken;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resolves_on_demand_dedups_and_bounds_floods() {
+    let local_etcd = EtcdServer::start("local");
+    let remote_etcd = EtcdServer::start("remote");
+    let c = SourceCluster::new("remote", 8, "us-east-1", "us-east-1a");
+    let remote = etcd_client::Client::connect([remote_etcd.endpoint()], None)
+        .await
+        .unwrap();
+    put_all(
+        &remote,
+        [
+            c.config_kv(),
+            c.node_kv(0),
+            c.identity_kv(0, "web", "shop"),
+            c.endpoint_kv(0, 0, 0, Some("regional")),
+        ],
+    )
+    .await;
+    let set = BuiltinSet {
+        modules: vec![("cfp-scope.wasm".into(), module_bytes("cfp-scope").into())],
+        manifest: FilterManifest::single("cfp-scope.wasm", serde_json::Value::Null),
+    };
+    let local_locality = Locality {
+        cluster: "local".into(),
+        zone: None,
+        region: Some("eu-west-1".into()),
+    };
+    let rt = FilterRuntime::with_engine(
+        FilterEngine::new(Default::default()).unwrap(),
+        ModuleSource::Builtin(set),
+        BTreeMap::new(),
+        local_locality,
+        FilterMetrics::default(),
+    )
+    .unwrap();
+    let cancel = CancellationToken::new();
+    let local = etcd_client::Client::connect([local_etcd.endpoint()], None)
+        .await
+        .unwrap();
+    let writer = TargetWriter::new(
+        local.clone(),
+        "local",
+        WriterConfig::default(),
+        cancel.clone(),
+    );
+    let mirror = RemoteCluster::new(
+        ClusterName::new("remote").unwrap(),
+        EtcdConfig::plain([remote_etcd.endpoint()]),
+        writer,
+        rt,
+        Backoff::new(Duration::from_millis(50), Duration::from_millis(500)),
+    );
+    let handle = mirror.status_handle();
+    let task = tokio::spawn(mirror.run(cancel.clone(), handle.clone()));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !handle.snapshot().synced {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let key = format!("cilium/cache/ip/v1/remote/{}", c.pod_ip(0, 0));
+    assert!(
+        list(&local, &key).await.is_empty(),
+        "regional endpoint of another region is filtered out"
+    );
+
+    let h = handle.clone();
+    let resolver = Resolver::new(
+        Arc::new(move || vec![("remote".to_string(), h.clone())]),
+        local.clone(),
+        Duration::from_millis(800),
+        Duration::from_secs(30),
+        50,
+    );
+    // Ten concurrent requests for the same address: one fetch.
+    let ip: IpAddr = c.pod_ip(0, 0).parse().unwrap();
+    let answers = futures_join(&resolver, ip, 10).await;
+    assert!(
+        answers
+            .iter()
+            .all(|a| a.as_ref().is_ok_and(|r| r.cluster == "remote")),
+        "{answers:?}"
+    );
+    assert_eq!(
+        resolver.stats().remote_reads.load(Ordering::Relaxed),
+        1,
+        "one fetch for ten requests"
+    );
+    assert!(
+        !list(&local, &key).await.is_empty(),
+        "installed in the local cache"
+    );
+
+    // Unused, the pin expires and the filtered entry leaves the cache again.
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    resolver.expire();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !list(&local, &key).await.is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the pin expired but the entry stayed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // A flood of 2,000 unknown addresses, each asked twice: remote reads stay bounded.
+    let before = resolver.stats().remote_reads.load(Ordering::Relaxed);
+    let mut not_found = 0;
+    let mut limited = 0;
+    for round in 0..2 {
+        for i in 0..2000u32 {
+            let ip: IpAddr = format!("10.200.{}.{}", i / 250, i % 250).parse().unwrap();
+            match resolver.resolve(ip).await {
+                Err(ResolveError::NotFound { .. }) => not_found += 1,
+                Err(ResolveError::RateLimited) => limited += 1,
+                Err(ResolveError::NegativeCached { .. }) => assert_eq!(round, 1),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+    let reads = resolver.stats().remote_reads.load(Ordering::Relaxed) - before;
+    assert_eq!(
+        reads as usize, not_found,
+        "every remote read was a distinct first miss"
+    );
+    assert!(reads <= 200, "the rate limit bounds remote reads: {reads}");
+    assert!(limited > 0 && resolver.stats().negative_hits.load(Ordering::Relaxed) > 0);
+    eprintln!(
+        "flood of 4,000 lookups: {reads} remote reads, {limited} rate-limited, {not_found} not found"
+    );
+
+    cancel.cancel();
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+async fn futures_join(
+    resolver: &Arc<Resolver>,
+    ip: IpAddr,
+    n: usize,
+) -> Vec<Result<meshfilter_sync::Resolved, ResolveError>> {
+    let mut tasks = Vec::new();
+    for _ in 0..n {
+        let r = resolver.clone();
+        tasks.push(tokio::spawn(async move { r.resolve(ip).await }));
+    }
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.unwrap());
+    }
+    out
+}
