@@ -20,6 +20,8 @@ command -v etcdctl >/dev/null || need_pkgs+=(etcd-client)
 command -v protoc >/dev/null || need_pkgs+=(protobuf-compiler)
 command -v bpftool >/dev/null || need_pkgs+=(bpftool)
 command -v ip >/dev/null || need_pkgs+=(iproute2)
+# On a fresh machine this amounts to:
+#   apt-get install -y etcd-server etcd-client protobuf-compiler bpftool iproute2
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   log "installing Debian packages: ${need_pkgs[*]}"
   as_root apt-get update -qq

@@ -59,6 +59,7 @@ struct Shared {
     /// Whether this replica holds the leader lock.
     leader: std::sync::atomic::AtomicBool,
     resolver: std::sync::OnceLock<Arc<Resolver>>,
+    metrics: super::mesh_metrics::MeshMetrics,
 }
 
 struct RunningRemote {
@@ -79,8 +80,10 @@ pub fn run(args: &MeshArgs) -> anyhow::Result<ExitCode> {
 
 async fn serve(config: MeshConfig, drain_grace: Duration) -> anyhow::Result<()> {
     let cancel = super::serve::shutdown_on_signal();
-    let (runtime, registry, _watch) =
+    let (runtime, mut registry, _watch) =
         super::serve::load_filters(&config.filters, config.locality())?;
+    let mesh_metrics = super::mesh_metrics::MeshMetrics::default();
+    mesh_metrics.register(&mut registry);
 
     let local = connect_with_retry(&config.local_etcd, "local", &cancel).await?;
     let shared = Arc::new(Shared {
@@ -90,6 +93,7 @@ async fn serve(config: MeshConfig, drain_grace: Duration) -> anyhow::Result<()> 
         registry,
         leader: std::sync::atomic::AtomicBool::new(false),
         resolver: std::sync::OnceLock::new(),
+        metrics: mesh_metrics,
     });
 
     let app = Router::new()
@@ -432,6 +436,7 @@ async fn ready(State(shared): State<Arc<Shared>>) -> (StatusCode, String) {
 }
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> (StatusCode, String) {
+    shared.metrics.refresh(&snapshot(&shared));
     let mut out = String::new();
     match prometheus_client::encoding::text::encode(&mut out, &shared.registry) {
         Ok(()) => (StatusCode::OK, out),

@@ -7,6 +7,7 @@ mod demo;
 mod demo_mesh;
 mod export;
 mod mesh;
+mod mesh_metrics;
 mod serve;
 mod test;
 
