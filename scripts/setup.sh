@@ -20,8 +20,9 @@ command -v etcdctl >/dev/null || need_pkgs+=(etcd-client)
 command -v protoc >/dev/null || need_pkgs+=(protobuf-compiler)
 command -v bpftool >/dev/null || need_pkgs+=(bpftool)
 command -v ip >/dev/null || need_pkgs+=(iproute2)
+command -v openssl >/dev/null || need_pkgs+=(openssl)   # the mTLS tests make certificates
 # On a fresh machine this amounts to:
-#   apt-get install -y etcd-server etcd-client protobuf-compiler bpftool iproute2
+#   apt-get install -y etcd-server etcd-client protobuf-compiler bpftool iproute2 openssl
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   log "installing Debian packages: ${need_pkgs[*]}"
   as_root apt-get update -qq

@@ -14,6 +14,103 @@ pub struct EtcdServer {
     name: String,
     client_port: u16,
     peer_port: u16,
+    tls: Option<TlsFiles>,
+}
+
+/// Certificates for an etcd that requires mutual TLS, made with the `openssl` command.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// CA certificate that signed both sides.
+    pub ca: PathBuf,
+    /// Server certificate (for 127.0.0.1) and key.
+    pub server_cert: PathBuf,
+    /// Server key.
+    pub server_key: PathBuf,
+    /// Client certificate.
+    pub client_cert: PathBuf,
+    /// Client key.
+    pub client_key: PathBuf,
+}
+
+impl TlsFiles {
+    /// Makes a CA, a server certificate for 127.0.0.1 and a client certificate in `dir`.
+    pub fn generate(dir: &std::path::Path) -> Result<TlsFiles, String> {
+        let run = |args: &[&str]| -> Result<(), String> {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(dir)
+                .output()
+                .map_err(|e| format!("openssl: {e}"))?;
+            if out.status.success() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "openssl {args:?}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                ))
+            }
+        };
+        run(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=meshfilter-test-ca",
+        ])?;
+        std::fs::write(
+            dir.join("server.ext"),
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\n",
+        )
+        .map_err(|e| e.to_string())?;
+        std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n")
+            .map_err(|e| e.to_string())?;
+        for (who, subject) in [("server", "/CN=etcd"), ("client", "/CN=meshfilter")] {
+            run(&[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                &format!("{who}.key"),
+                "-out",
+                &format!("{who}.csr"),
+                "-subj",
+                subject,
+            ])?;
+            run(&[
+                "x509",
+                "-req",
+                "-in",
+                &format!("{who}.csr"),
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &format!("{who}.crt"),
+                "-days",
+                "2",
+                "-extfile",
+                &format!("{who}.ext"),
+            ])?;
+        }
+        Ok(TlsFiles {
+            ca: dir.join("ca.crt"),
+            server_cert: dir.join("server.crt"),
+            server_key: dir.join("server.key"),
+            client_cert: dir.join("client.crt"),
+            client_key: dir.join("client.key"),
+        })
+    }
 }
 
 /// A port nothing listens on right now.
@@ -52,9 +149,34 @@ impl EtcdServer {
             name: name.to_string(),
             client_port: free_port(),
             peer_port: free_port(),
+            tls: None,
         };
         server.try_spawn()?;
         Ok(server)
+    }
+
+    /// Starts a server that only accepts clients with a certificate signed by its CA.
+    pub fn start_tls(name: &str) -> EtcdServer {
+        let data = tempfile::Builder::new()
+            .prefix("meshfilter-etcd-")
+            .tempdir_in(data_root())
+            .expect("etcd data dir");
+        let tls = TlsFiles::generate(data.path()).unwrap_or_else(|e| panic!("{e}"));
+        let mut server = EtcdServer {
+            child: None,
+            data,
+            name: name.to_string(),
+            client_port: free_port(),
+            peer_port: free_port(),
+            tls: Some(tls),
+        };
+        server.spawn();
+        server
+    }
+
+    /// The certificates of a server started with [`EtcdServer::start_tls`].
+    pub fn tls(&self) -> Option<&TlsFiles> {
+        self.tls.as_ref()
     }
 
     fn spawn(&mut self) {
@@ -62,7 +184,7 @@ impl EtcdServer {
     }
 
     fn try_spawn(&mut self) -> Result<(), String> {
-        let client = format!("http://127.0.0.1:{}", self.client_port);
+        let client = self.endpoint();
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
         let log = std::fs::File::create(self.data.path().join("etcd.log"))
             .map_err(|e| format!("etcd log: {e}"))?;
@@ -89,6 +211,7 @@ impl EtcdServer {
                 &format!("meshfilter-{}-{}", self.name, self.client_port),
             ])
             .args(["--log-level", "error", "--logger", "zap"])
+            .args(self.tls_args())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -101,9 +224,38 @@ impl EtcdServer {
         self.wait_ready()
     }
 
+    fn tls_args(&self) -> Vec<std::ffi::OsString> {
+        let Some(t) = &self.tls else {
+            return Vec::new();
+        };
+        vec![
+            "--client-cert-auth".into(),
+            "--trusted-ca-file".into(),
+            t.ca.clone().into(),
+            "--cert-file".into(),
+            t.server_cert.clone().into(),
+            "--key-file".into(),
+            t.server_key.clone().into(),
+        ]
+    }
+
+    fn etcdctl_tls_args(&self) -> Vec<std::ffi::OsString> {
+        let Some(t) = &self.tls else {
+            return Vec::new();
+        };
+        vec![
+            "--cacert".into(),
+            t.ca.clone().into(),
+            "--cert".into(),
+            t.client_cert.clone().into(),
+            "--key".into(),
+            t.client_key.clone().into(),
+        ]
+    }
+
     fn wait_ready(&self) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(20);
-        let addr = format!("127.0.0.1:{}", self.client_port);
+        let addr = self.endpoint();
         while Instant::now() < deadline {
             if let Ok(out) = Command::new("etcdctl")
                 .env("ETCDCTL_API", "3")
@@ -114,6 +266,7 @@ impl EtcdServer {
                     "endpoint",
                     "health",
                 ])
+                .args(self.etcdctl_tls_args())
                 .output()
                 && out.status.success()
             {
@@ -133,9 +286,10 @@ impl EtcdServer {
         std::fs::read_to_string(self.data.path().join("etcd.log")).unwrap_or_default()
     }
 
-    /// Client URL, e.g. `http://127.0.0.1:23790`.
+    /// Client URL, e.g. `http://127.0.0.1:23790` (`https` with TLS).
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.client_port)
     }
 
     /// Client port.
