@@ -188,6 +188,9 @@ pub struct ImportMirror {
     /// Endpoints resolved on demand (datapath misses), mirrored whatever the import hook
     /// says until their pin expires.
     pinned: Mutex<HashMap<String, std::time::Instant>>,
+    /// The remote's cluster ID and `maxConnectedClusters`: entries whose identity lies
+    /// outside that cluster's range are refused, as agents would drop them.
+    identity_range: std::sync::OnceLock<(u32, u32)>,
 }
 
 impl ImportMirror {
@@ -209,6 +212,13 @@ impl ImportMirror {
             self.redecide.send_modify(|v| *v += 1);
         }
         expired
+    }
+
+    /// Refuse entries whose identity is outside cluster `cluster_id`'s range.
+    pub fn check_identity_range(&self, cluster_id: u32, max_connected_clusters: u32) {
+        let _ = self
+            .identity_range
+            .set((cluster_id, max_connected_clusters));
     }
 
     /// The key prefix endpoints are read from at the remote.
@@ -247,6 +257,7 @@ impl ImportMirror {
             failures: Default::default(),
             redecide,
             pinned: Mutex::default(),
+            identity_range: std::sync::OnceLock::new(),
         });
         merge_redecide(
             mirror.redecide.clone(),
@@ -347,10 +358,28 @@ impl Mirror for ImportMirror {
     fn transform(&self, source_key: &str, value: &Bytes) -> Option<Bytes> {
         let suffix = source_key.strip_prefix(&self.source_prefix)?;
         let pair = match IpIdentityPair::parse(&self.cluster, suffix, value) {
-            Ok(pair) => {
-                self.invalid.lock().remove(suffix);
-                pair
-            }
+            Ok(pair) => match self.identity_range.get() {
+                Some(&(id, max)) if id != 0 && !pair.identity_in_cluster_range(id, max) => {
+                    let why = format!(
+                        "identity {} is outside the range of cluster ID {id}",
+                        pair.id
+                    );
+                    if self
+                        .invalid
+                        .lock()
+                        .insert(suffix.to_string(), why.clone())
+                        .is_none()
+                    {
+                        tracing::warn!(cluster = %self.cluster, key = source_key, "skipping ipcache entry: {why}");
+                    }
+                    self.decisions.lock().remove(suffix);
+                    return None;
+                }
+                _ => {
+                    self.invalid.lock().remove(suffix);
+                    pair
+                }
+            },
             Err(e) => {
                 let first = self
                     .invalid

@@ -217,6 +217,7 @@ impl RemoteCluster {
                     identities.clone(),
                     cancel.clone(),
                 );
+                endpoints.check_identity_range(remote_config.id, remote_config.capabilities.max_connected_clusters);
                 *self.endpoints.lock() = Some(endpoints.clone());
                 self.spawn_arc(&mut tasks, &cancel, &handle, endpoints, &client);
             }
