@@ -121,7 +121,12 @@ fn free_port() -> u16 {
         .expect("a free port")
 }
 
-fn data_root() -> PathBuf {
+/// Where data directories go: `MESHFILTER_ETCD_DATA_ROOT` if set (to measure on disk),
+/// else tmpfs when the machine has one, else the temp dir.
+pub fn data_root() -> PathBuf {
+    if let Some(dir) = std::env::var_os("MESHFILTER_ETCD_DATA_ROOT") {
+        return PathBuf::from(dir);
+    }
     let shm = PathBuf::from("/dev/shm");
     if shm.is_dir() {
         shm

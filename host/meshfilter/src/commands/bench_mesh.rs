@@ -33,7 +33,8 @@ async fn run_async(args: &BenchMeshArgs) -> anyhow::Result<()> {
     let dst = Client::connect([local.endpoint()], None).await?;
     let per_cluster = ((args.endpoints as f64) * args.opted_in).round() as usize;
     println!(
-        "{} remote clusters x {} endpoints, {} of them exported each ({:.0}%); etcd data on {}",
+        "{} remote clusters x {} endpoints, {} of them exported each ({:.0}%); etcd data under {} \
+         (MESHFILTER_ETCD_DATA_ROOT to change)",
         args.remotes,
         args.endpoints,
         per_cluster,
