@@ -39,11 +39,7 @@ async fn run_async(args: &BenchMeshArgs) -> anyhow::Result<()> {
         args.endpoints,
         per_cluster,
         args.opted_in * 100.0,
-        if std::path::Path::new("/dev/shm").is_dir() {
-            "tmpfs (/dev/shm)"
-        } else {
-            "the temp dir"
-        }
+        meshfilter_local_etcd::data_root().display()
     );
 
     // Raw batched write rate into the local etcd, measured first, then cleared.
