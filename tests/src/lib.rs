@@ -94,3 +94,49 @@ pub fn wait_for(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool 
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+/// The built cfp-scope module on every hook, without config, as `local` sees it.
+pub fn cfp_scope_runtime(
+    local: meshfilter_filter_runtime::Locality,
+) -> std::sync::Arc<meshfilter_filter_runtime::FilterRuntime> {
+    use meshfilter_filter_runtime::{
+        BuiltinSet, FilterEngine, FilterManifest, FilterMetrics, FilterRuntime, ModuleSource,
+    };
+    let set = BuiltinSet {
+        modules: vec![("cfp-scope.wasm".into(), module_bytes("cfp-scope").into())],
+        manifest: FilterManifest::single("cfp-scope.wasm", serde_json::Value::Null),
+    };
+    let engine = FilterEngine::new(Default::default()).expect("engine");
+    FilterRuntime::with_engine(
+        engine,
+        ModuleSource::Builtin(set),
+        Default::default(),
+        local,
+        FilterMetrics::default(),
+    )
+    .expect("cfp-scope loads")
+}
+
+/// Starts mirroring remote cluster `name` from `etcd` through `writer`, retrying with a
+/// short backoff (50 ms to 500 ms); returns its status handle and its task.
+pub fn spawn_remote(
+    name: &str,
+    etcd: meshfilter_sync::EtcdConfig,
+    writer: std::sync::Arc<meshfilter_sync::TargetWriter>,
+    runtime: std::sync::Arc<meshfilter_filter_runtime::FilterRuntime>,
+    cancel: &tokio_util::sync::CancellationToken,
+) -> (
+    meshfilter_sync::RemoteStatusHandle,
+    tokio::task::JoinHandle<()>,
+) {
+    let remote = meshfilter_sync::RemoteCluster::new(
+        meshfilter_cilium::ClusterName::new(name.to_string()).expect("cluster name"),
+        etcd,
+        writer,
+        runtime,
+        meshfilter_sync::Backoff::new(Duration::from_millis(50), Duration::from_millis(500)),
+    );
+    let handle = remote.status_handle();
+    let task = tokio::spawn(remote.run(cancel.clone(), handle.clone()));
+    (handle, task)
+}

@@ -2,18 +2,14 @@
 //! while disconnected, kill -9 and restart of the remote etcd, and a local etcd restart.
 //! Nothing is lost, nothing stale stays, and the mirror keeps running throughout.
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use meshfilter_cilium::ClusterName;
-use meshfilter_filter_runtime::{
-    BuiltinSet, FilterManifest, FilterMetrics, FilterRuntime, Locality, ModuleSource,
-};
-use meshfilter_sync::{Backoff, EtcdConfig, RemoteCluster, TargetWriter, WriterConfig};
+use meshfilter_filter_runtime::Locality;
+use meshfilter_sync::{EtcdConfig, TargetWriter, WriterConfig};
 use meshfilter_tests::cilium_data::{SourceCluster, list, put_all};
 use meshfilter_tests::etcd::EtcdServer;
-use meshfilter_tests::module_bytes;
 use meshfilter_tests::proxy::TcpProxy;
+use meshfilter_tests::{cfp_scope_runtime, spawn_remote};
 use tokio_util::sync::CancellationToken;
 
 async fn cached_pods(local: &etcd_client::Client, c: &SourceCluster) -> Vec<String> {
@@ -54,23 +50,11 @@ async fn partitions_compaction_and_restarts_converge() {
     kvs.extend((0..4).map(|i| c.endpoint_kv(0, i, 0, None)));
     put_all(&remote, kvs).await;
 
-    let set = BuiltinSet {
-        modules: vec![("cfp-scope.wasm".into(), module_bytes("cfp-scope").into())],
-        manifest: FilterManifest::single("cfp-scope.wasm", serde_json::Value::Null),
-    };
-    let local_locality = Locality {
+    let rt = cfp_scope_runtime(Locality {
         cluster: "local".into(),
         zone: Some("eu-west-1a".into()),
         region: Some("eu-west-1".into()),
-    };
-    let rt = FilterRuntime::with_engine(
-        meshfilter_filter_runtime::FilterEngine::new(Default::default()).unwrap(),
-        ModuleSource::Builtin(set),
-        BTreeMap::new(),
-        local_locality,
-        FilterMetrics::default(),
-    )
-    .unwrap();
+    });
     let cancel = CancellationToken::new();
     let local = etcd_client::Client::connect([local_etcd.endpoint()], None)
         .await
@@ -81,15 +65,13 @@ async fn partitions_compaction_and_restarts_converge() {
         WriterConfig::default(),
         cancel.clone(),
     );
-    let mirror = RemoteCluster::new(
-        ClusterName::new("remote").unwrap(),
+    let (handle, task) = spawn_remote(
+        "remote",
         EtcdConfig::plain([proxy.endpoint()]),
         writer,
         rt,
-        Backoff::new(Duration::from_millis(50), Duration::from_millis(500)),
+        &cancel,
     );
-    let handle = mirror.status_handle();
-    let task = tokio::spawn(mirror.run(cancel.clone(), handle.clone()));
     wait_pods(&local, &c, &[0, 1, 2, 3], "initial sync").await;
 
     // Partition; changes and a compaction happen on the far side; heal.

@@ -1,17 +1,13 @@
 //! Mutual TLS to etcd, as Cilium's clustermesh secrets configure it: the remote and the
 //! local etcd both require client certificates.
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use meshfilter_cilium::ClusterName;
-use meshfilter_filter_runtime::{
-    BuiltinSet, FilterEngine, FilterManifest, FilterMetrics, FilterRuntime, Locality, ModuleSource,
-};
-use meshfilter_sync::{Backoff, EtcdConfig, RemoteCluster, TargetWriter, WriterConfig};
+use meshfilter_filter_runtime::Locality;
+use meshfilter_sync::{EtcdConfig, TargetWriter, WriterConfig};
 use meshfilter_tests::cilium_data::{SourceCluster, list, put_all};
 use meshfilter_tests::etcd::EtcdServer;
-use meshfilter_tests::module_bytes;
+use meshfilter_tests::{cfp_scope_runtime, spawn_remote};
 use tokio_util::sync::CancellationToken;
 
 fn config_of(server: &EtcdServer, with_client_cert: bool) -> EtcdConfig {
@@ -44,18 +40,7 @@ async fn mirrors_over_mutual_tls_and_refuses_without_a_client_certificate() {
     )
     .await;
 
-    let set = BuiltinSet {
-        modules: vec![("cfp-scope.wasm".into(), module_bytes("cfp-scope").into())],
-        manifest: FilterManifest::single("cfp-scope.wasm", serde_json::Value::Null),
-    };
-    let rt = FilterRuntime::with_engine(
-        FilterEngine::new(Default::default()).unwrap(),
-        ModuleSource::Builtin(set),
-        BTreeMap::new(),
-        Locality::cluster("local"),
-        FilterMetrics::default(),
-    )
-    .unwrap();
+    let rt = cfp_scope_runtime(Locality::cluster("local"));
     let cancel = CancellationToken::new();
     let local = config_of(&local_etcd, true)
         .connect("local")
@@ -67,28 +52,22 @@ async fn mirrors_over_mutual_tls_and_refuses_without_a_client_certificate() {
         WriterConfig::default(),
         cancel.clone(),
     );
-    let backoff = Backoff::new(Duration::from_millis(50), Duration::from_millis(500));
-    let good = RemoteCluster::new(
-        ClusterName::new("remote").unwrap(),
+    let (good_handle, good) = spawn_remote(
+        "remote",
         config_of(&remote_etcd, true),
         writer.clone(),
         rt.clone(),
-        backoff.clone(),
+        &cancel,
     );
-    let good_handle = good.status_handle();
     // The same remote under another name, without a client certificate.
-    let bad = RemoteCluster::new(
-        ClusterName::new("remote-nocert").unwrap(),
+    let (bad_handle, bad) = spawn_remote(
+        "remote-nocert",
         config_of(&remote_etcd, false),
         writer,
         rt,
-        backoff,
+        &cancel,
     );
-    let bad_handle = bad.status_handle();
-    let tasks = [
-        tokio::spawn(good.run(cancel.clone(), good_handle.clone())),
-        tokio::spawn(bad.run(cancel.clone(), bad_handle.clone())),
-    ];
+    let tasks = [good, bad];
     let deadline = Instant::now() + Duration::from_secs(30);
     while !good_handle.snapshot().synced {
         assert!(

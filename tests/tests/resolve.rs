@@ -2,22 +2,16 @@
 //! request and removed when its pin expires unused; concurrent requests share one fetch;
 //! a flood of unknown addresses is bounded by the negative cache and the rate limit.
 
-use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use meshfilter_cilium::ClusterName;
-use meshfilter_filter_runtime::{
-    BuiltinSet, FilterEngine, FilterManifest, FilterMetrics, FilterRuntime, Locality, ModuleSource,
-};
-use meshfilter_sync::{
-    Backoff, EtcdConfig, RemoteCluster, ResolveError, Resolver, TargetWriter, WriterConfig,
-};
+use meshfilter_filter_runtime::Locality;
+use meshfilter_sync::{EtcdConfig, ResolveError, Resolver, TargetWriter, WriterConfig};
 use meshfilter_tests::cilium_data::{SourceCluster, list, put_all};
 use meshfilter_tests::etcd::EtcdServer;
-use meshfilter_tests::module_bytes;
+use meshfilter_tests::{cfp_scope_runtime, spawn_remote};
 use tokio_util::sync::CancellationToken;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -38,23 +32,11 @@ async fn resolves_on_demand_dedups_and_bounds_floods() {
         ],
     )
     .await;
-    let set = BuiltinSet {
-        modules: vec![("cfp-scope.wasm".into(), module_bytes("cfp-scope").into())],
-        manifest: FilterManifest::single("cfp-scope.wasm", serde_json::Value::Null),
-    };
-    let local_locality = Locality {
+    let rt = cfp_scope_runtime(Locality {
         cluster: "local".into(),
         zone: None,
         region: Some("eu-west-1".into()),
-    };
-    let rt = FilterRuntime::with_engine(
-        FilterEngine::new(Default::default()).unwrap(),
-        ModuleSource::Builtin(set),
-        BTreeMap::new(),
-        local_locality,
-        FilterMetrics::default(),
-    )
-    .unwrap();
+    });
     let cancel = CancellationToken::new();
     let local = etcd_client::Client::connect([local_etcd.endpoint()], None)
         .await
@@ -65,15 +47,13 @@ async fn resolves_on_demand_dedups_and_bounds_floods() {
         WriterConfig::default(),
         cancel.clone(),
     );
-    let mirror = RemoteCluster::new(
-        ClusterName::new("remote").unwrap(),
+    let (handle, task) = spawn_remote(
+        "remote",
         EtcdConfig::plain([remote_etcd.endpoint()]),
         writer,
         rt,
-        Backoff::new(Duration::from_millis(50), Duration::from_millis(500)),
+        &cancel,
     );
-    let handle = mirror.status_handle();
-    let task = tokio::spawn(mirror.run(cancel.clone(), handle.clone()));
     let deadline = Instant::now() + Duration::from_secs(20);
     while !handle.snapshot().synced {
         assert!(Instant::now() < deadline);
