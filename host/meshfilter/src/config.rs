@@ -31,6 +31,13 @@ pub struct MeshConfig {
     /// The on-demand resolve API for node agents.
     #[serde(default)]
     pub resolve: ResolveSection,
+    /// Write `cilium/.heartbeat` every minute (kvstoremesh's `--enable-heartbeat`).
+    #[serde(default = "yes")]
+    pub heartbeat: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// On-demand resolution limits.

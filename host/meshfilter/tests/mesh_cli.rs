@@ -154,6 +154,10 @@ fn mesh_mirrors_a_remote_and_reports_status() {
         "only the global entry: {cached}"
     );
     assert!(cached.contains(GLOBAL), "value copied verbatim: {cached}");
+    assert!(
+        !etcdctl(&l, &["get", "cilium/.heartbeat"]).is_empty(),
+        "the heartbeat is written"
+    );
     let table = meshfilter(&["status", "--addr", &addr]);
     assert!(
         table.contains("remote1") && table.contains("regional endpoint from region us-east-1"),

@@ -33,6 +33,9 @@ use crate::config::MeshConfig;
 /// other too.
 const KVSTOREMESH_LOCK: &str = meshfilter_cilium::keys::KVSTOREMESH_LOCK_KEY;
 
+/// Cilium's heartbeat key.
+const HEARTBEAT: &str = meshfilter_cilium::keys::HEARTBEAT_KEY;
+
 /// How often the clustermesh directory is rescanned for added or removed clusters.
 const RESCAN: Duration = Duration::from_secs(5);
 
@@ -164,6 +167,9 @@ async fn serve(config: MeshConfig, drain_grace: Duration) -> anyhow::Result<()> 
         WriterConfig::default(),
         cancel.clone(),
     );
+    if config.heartbeat {
+        tokio::spawn(heartbeat(writer.clone(), cancel.clone()));
+    }
     loop {
         reconcile_remotes(
             &config,
@@ -190,6 +196,25 @@ async fn serve(config: MeshConfig, drain_grace: Duration) -> anyhow::Result<()> 
     lock.release().await;
     let _ = server.await;
     Ok(())
+}
+
+/// Writes `cilium/.heartbeat` every minute under the writer's lease, as kvstoremesh does
+/// with `--enable-heartbeat`: agents watch it to notice a cache that stopped moving.
+async fn heartbeat(writer: Arc<TargetWriter>, cancel: CancellationToken) {
+    loop {
+        let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+        let op = meshfilter_sync::WriteOp::Put {
+            key: HEARTBEAT.to_string(),
+            value: now.into(),
+        };
+        if let Err(e) = writer.apply(&[op]).await {
+            tracing::warn!(error = %e, "cannot write the heartbeat");
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(60)) => {}
+        }
+    }
 }
 
 pub(super) async fn connect_with_retry(
