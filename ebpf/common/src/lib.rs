@@ -11,6 +11,7 @@
 extern crate alloc;
 
 pub mod interface;
+pub mod ipcache;
 pub mod labels;
 pub mod metadata;
 #[cfg(feature = "alloc")]
