@@ -1,7 +1,7 @@
 //! Builds filter crates to WebAssembly components from a build script.
 //!
 //! The host embeds the default filter and the tests load every shipped filter, so both
-//! need `.wasm` files built from this workspace's sources. Like `aya-build` does for eBPF,
+//! need `.wasm` files built from this workspace's sources. As eBPF build helpers do,
 //! this runs a nested `cargo build --target wasm32-wasip2` into its own target directory
 //! (so it never waits on the outer build's lock) and copies the components to `OUT_DIR`.
 
