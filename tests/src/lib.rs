@@ -140,3 +140,24 @@ pub fn spawn_remote(
     let task = tokio::spawn(remote.run(cancel.clone(), handle.clone()));
     (handle, task)
 }
+
+/// A client of `etcd` and a writer into it named `name`, whose leases stop with `cancel`.
+pub async fn writer_into(
+    etcd: &etcd::EtcdServer,
+    name: &str,
+    cancel: &tokio_util::sync::CancellationToken,
+) -> (
+    etcd_client::Client,
+    std::sync::Arc<meshfilter_sync::TargetWriter>,
+) {
+    let client = etcd_client::Client::connect([etcd.endpoint()], None)
+        .await
+        .expect("connect to etcd");
+    let writer = meshfilter_sync::TargetWriter::new(
+        client.clone(),
+        name,
+        meshfilter_sync::WriterConfig::default(),
+        cancel.clone(),
+    );
+    (client, writer)
+}

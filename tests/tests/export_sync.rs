@@ -8,13 +8,10 @@ use meshfilter_cilium::ClusterName;
 use meshfilter_filter_runtime::{
     BuiltinSet, FilterEngine, FilterManifest, FilterMetrics, FilterRuntime, Locality, ModuleSource,
 };
-use meshfilter_sync::{
-    Backoff, EtcdConfig, ExportCluster, ExportStatusHandle, RemoteCluster, TargetWriter,
-    WriterConfig,
-};
+use meshfilter_sync::{Backoff, EtcdConfig, ExportCluster, ExportStatusHandle, RemoteCluster};
 use meshfilter_tests::cilium_data::{SourceCluster, list, put_all};
 use meshfilter_tests::etcd::EtcdServer;
-use meshfilter_tests::module_bytes;
+use meshfilter_tests::{module_bytes, writer_into};
 use tokio_util::sync::CancellationToken;
 
 fn runtime(
@@ -103,15 +100,7 @@ async fn export_then_mesh_carries_only_what_both_sides_allow() {
         },
     );
     let cancel = CancellationToken::new();
-    let export_client = etcd_client::Client::connect([export.endpoint()], None)
-        .await
-        .unwrap();
-    let writer = TargetWriter::new(
-        export_client.clone(),
-        "export",
-        WriterConfig::default(),
-        cancel.clone(),
-    );
+    let (export_client, writer) = writer_into(&export, "export", &cancel).await;
     let exporter = ExportCluster::new(
         ClusterName::new(us.name.clone()).unwrap(),
         source.clone(),
@@ -186,15 +175,7 @@ async fn export_then_mesh_carries_only_what_both_sides_allow() {
             region: Some("eu-west-1".into()),
         },
     );
-    let local = etcd_client::Client::connect([consumer.endpoint()], None)
-        .await
-        .unwrap();
-    let mesh_writer = TargetWriter::new(
-        local.clone(),
-        "local",
-        WriterConfig::default(),
-        cancel.clone(),
-    );
+    let (local, mesh_writer) = writer_into(&consumer, "local", &cancel).await;
     let remote = RemoteCluster::new(
         ClusterName::new(us.name.clone()).unwrap(),
         EtcdConfig::plain([export.endpoint()]),

@@ -5,11 +5,11 @@
 use std::time::{Duration, Instant};
 
 use meshfilter_filter_runtime::Locality;
-use meshfilter_sync::{EtcdConfig, TargetWriter, WriterConfig};
+use meshfilter_sync::EtcdConfig;
 use meshfilter_tests::cilium_data::{SourceCluster, list, put_all};
 use meshfilter_tests::etcd::EtcdServer;
 use meshfilter_tests::proxy::TcpProxy;
-use meshfilter_tests::{cfp_scope_runtime, spawn_remote};
+use meshfilter_tests::{cfp_scope_runtime, spawn_remote, writer_into};
 use tokio_util::sync::CancellationToken;
 
 async fn cached_pods(local: &etcd_client::Client, c: &SourceCluster) -> Vec<String> {
@@ -56,15 +56,7 @@ async fn partitions_compaction_and_restarts_converge() {
         region: Some("eu-west-1".into()),
     });
     let cancel = CancellationToken::new();
-    let local = etcd_client::Client::connect([local_etcd.endpoint()], None)
-        .await
-        .unwrap();
-    let writer = TargetWriter::new(
-        local.clone(),
-        "local",
-        WriterConfig::default(),
-        cancel.clone(),
-    );
+    let (local, writer) = writer_into(&local_etcd, "local", &cancel).await;
     let (handle, task) = spawn_remote(
         "remote",
         EtcdConfig::plain([proxy.endpoint()]),

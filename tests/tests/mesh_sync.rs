@@ -14,7 +14,7 @@ use meshfilter_sync::{
 };
 use meshfilter_tests::cilium_data::{SourceCluster, list, put_all};
 use meshfilter_tests::etcd::EtcdServer;
-use meshfilter_tests::{ConfigMapDir, module_bytes};
+use meshfilter_tests::{ConfigMapDir, module_bytes, writer_into};
 use tokio_util::sync::CancellationToken;
 
 /// Scopes of the six endpoints every remote publishes on node 0, pod index = position.
@@ -144,15 +144,7 @@ async fn the_local_cache_holds_exactly_what_the_filters_allow() {
     let rt = runtime(&filters);
 
     let cancel = CancellationToken::new();
-    let local = etcd_client::Client::connect([local_etcd.endpoint()], None)
-        .await
-        .unwrap();
-    let writer = TargetWriter::new(
-        local.clone(),
-        "local",
-        WriterConfig::default(),
-        cancel.clone(),
-    );
+    let (local, writer) = writer_into(&local_etcd, "local", &cancel).await;
     let mut handles: Vec<RemoteStatusHandle> = Vec::new();
     let mut tasks = Vec::new();
     for (c, s) in remotes.iter().zip(&servers) {

@@ -8,10 +8,10 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use meshfilter_filter_runtime::Locality;
-use meshfilter_sync::{EtcdConfig, ResolveError, Resolver, TargetWriter, WriterConfig};
+use meshfilter_sync::{EtcdConfig, ResolveError, Resolver};
 use meshfilter_tests::cilium_data::{SourceCluster, list, put_all};
 use meshfilter_tests::etcd::EtcdServer;
-use meshfilter_tests::{cfp_scope_runtime, spawn_remote};
+use meshfilter_tests::{cfp_scope_runtime, spawn_remote, writer_into};
 use tokio_util::sync::CancellationToken;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -38,15 +38,7 @@ async fn resolves_on_demand_dedups_and_bounds_floods() {
         region: Some("eu-west-1".into()),
     });
     let cancel = CancellationToken::new();
-    let local = etcd_client::Client::connect([local_etcd.endpoint()], None)
-        .await
-        .unwrap();
-    let writer = TargetWriter::new(
-        local.clone(),
-        "local",
-        WriterConfig::default(),
-        cancel.clone(),
-    );
+    let (local, writer) = writer_into(&local_etcd, "local", &cancel).await;
     let (handle, task) = spawn_remote(
         "remote",
         EtcdConfig::plain([remote_etcd.endpoint()]),

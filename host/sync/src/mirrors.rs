@@ -16,6 +16,11 @@ use crate::reflector::Mirror;
 
 type Observer = Box<dyn Fn(&str, Option<&Bytes>) + Send + Sync>;
 
+/// `key` with its prefix `from` replaced by `to`; `None` if it does not start with `from`.
+fn swap_prefix(key: &str, from: &str, to: &str) -> Option<String> {
+    Some(format!("{to}{}", key.strip_prefix(from)?))
+}
+
 /// Copies values verbatim from one prefix to another; only the key prefix changes
 /// (what kvstoremesh does for every resource).
 pub struct VerbatimMirror {
@@ -61,11 +66,7 @@ impl Mirror for VerbatimMirror {
         &self.source_prefix
     }
     fn target_key(&self, source_key: &str) -> Option<String> {
-        Some(format!(
-            "{}{}",
-            self.target_prefix,
-            source_key.strip_prefix(&self.source_prefix)?
-        ))
+        swap_prefix(source_key, &self.source_prefix, &self.target_prefix)
     }
     fn target_prefix(&self) -> &str {
         &self.target_prefix
@@ -343,11 +344,7 @@ impl Mirror for ImportMirror {
         &self.source_prefix
     }
     fn target_key(&self, source_key: &str) -> Option<String> {
-        Some(format!(
-            "{}{}",
-            self.target_prefix,
-            source_key.strip_prefix(&self.source_prefix)?
-        ))
+        swap_prefix(source_key, &self.source_prefix, &self.target_prefix)
     }
     fn target_prefix(&self) -> &str {
         &self.target_prefix

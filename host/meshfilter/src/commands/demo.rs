@@ -10,7 +10,8 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use meshfilter_filter_runtime::{
-    EndpointInput, ExportDecision, FilterMetrics, FilterRuntime, Locality, ModuleSource,
+    EndpointInput, ExportDecision, FilterEngine, FilterMetrics, FilterRuntime, Locality,
+    ModuleSource,
 };
 use serde::Deserialize;
 
@@ -51,24 +52,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<ExitCode> {
         super::demo_mesh::run(&sample, config, engine)?;
         return Ok(ExitCode::SUCCESS);
     }
-    let metrics = FilterMetrics::default();
-
-    let mut runtimes = Vec::new();
-    for c in &sample.clusters {
-        let local = Locality {
-            cluster: c.name.clone(),
-            zone: c.zone.clone(),
-            region: c.region.clone(),
-        };
-        let source = ModuleSource::Builtin(builtin::default_set(config.clone()));
-        runtimes.push(FilterRuntime::with_engine(
-            engine.clone(),
-            source,
-            Default::default(),
-            local,
-            metrics.clone(),
-        )?);
-    }
+    let runtimes = cluster_runtimes(&sample, &config, &engine)?;
 
     println!(
         "meshfilter demo: cfp-scope over {} clusters\n",
@@ -160,6 +144,36 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<ExitCode> {
         100.0 * (1.0 - kept_total as f64 / full_mesh.max(1) as f64)
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// One filter runtime per sample cluster, each with that cluster's locality and the
+/// default filter set, sharing `engine` (modules compile once).
+pub(super) fn cluster_runtimes(
+    sample: &Sample,
+    config: &serde_json::Value,
+    engine: &Arc<FilterEngine>,
+) -> anyhow::Result<Vec<Arc<FilterRuntime>>> {
+    let metrics = FilterMetrics::default();
+    sample
+        .clusters
+        .iter()
+        .map(|c| {
+            let local = Locality {
+                cluster: c.name.clone(),
+                zone: c.zone.clone(),
+                region: c.region.clone(),
+            };
+            let source = ModuleSource::Builtin(builtin::default_set(config.clone()));
+            FilterRuntime::with_engine(
+                engine.clone(),
+                source,
+                Default::default(),
+                local,
+                metrics.clone(),
+            )
+            .map_err(anyhow::Error::from)
+        })
+        .collect()
 }
 
 pub(super) fn short(ep: &EndpointInput) -> String {

@@ -13,9 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use meshfilter_cilium::{ClusterName, IpIdentityPair};
-use meshfilter_filter_runtime::{
-    ExportDecision, FilterEngine, FilterMetrics, FilterRuntime, Locality, ModuleSource,
-};
+use meshfilter_filter_runtime::{ExportDecision, FilterEngine, FilterRuntime};
 use meshfilter_local_etcd::EtcdServer;
 use meshfilter_sync::{
     Backoff, EtcdConfig, RemoteCluster, RemoteStatusHandle, TargetWriter, WriterConfig,
@@ -24,7 +22,6 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use super::demo::{Sample, SampleCluster, short};
-use crate::builtin;
 
 pub fn run(
     sample: &Sample,
@@ -53,24 +50,8 @@ async fn run_async(
         println!("  started etcd for {:<10} at {}", c.name, server.endpoint());
         servers.push(server);
     }
-    let mut runtimes = Vec::new();
-    for c in &sample.clusters {
-        let local = Locality {
-            cluster: c.name.clone(),
-            zone: c.zone.clone(),
-            region: c.region.clone(),
-        };
-        let source = ModuleSource::Builtin(builtin::default_set(config.clone()));
-        runtimes.push(tokio::task::block_in_place(|| {
-            FilterRuntime::with_engine(
-                engine.clone(),
-                source,
-                Default::default(),
-                local,
-                FilterMetrics::default(),
-            )
-        })?);
-    }
+    let runtimes =
+        tokio::task::block_in_place(|| super::demo::cluster_runtimes(sample, &config, &engine))?;
 
     // Export side: each cluster's etcd receives what its export hook lets out.
     let mut clients = Vec::new();
