@@ -38,4 +38,30 @@ if ! rustup target list --installed | grep -qx wasm32-wasip2; then
   log "adding the wasm32-wasip2 target"
   rustup target add wasm32-wasip2
 fi
-log "ready: $(etcd --version | head -1), $(protoc --version), $(rustc --version)"
+
+# --- eBPF toolchain -----------------------------------------------------------------------
+# The classifier in ebpf/program is Rust built for bpfel-unknown-none by aya-build (from
+# host/node's build script). That needs a nightly with rust-src (build-std=core) and
+# bpf-linker built against the same LLVM major version as that nightly's rustc. A plain
+# `cargo install bpf-linker` links against whatever llvm-config is on PATH and fails, so
+# point LLVM_PREFIX at the nightly's own libLLVM. Keep EBPF_TOOLCHAIN in step with
+# host/node/build.rs.
+EBPF_TOOLCHAIN=nightly-2026-10-30
+if ! rustup run "$EBPF_TOOLCHAIN" rustc --print sysroot >/dev/null 2>&1 ||
+   [ ! -d "$(rustup run "$EBPF_TOOLCHAIN" rustc --print sysroot)/lib/rustlib/src/rust/library" ]; then
+  log "installing $EBPF_TOOLCHAIN with rust-src (the eBPF program's toolchain)"
+  rustup toolchain install "$EBPF_TOOLCHAIN" --profile minimal --component rust-src
+fi
+if ! bpf-linker --version >/dev/null 2>&1; then
+  sysroot=$(rustup run "$EBPF_TOOLCHAIN" rustc --print sysroot)
+  llvm_so=$(ls "$sysroot"/lib/libLLVM.so.* | head -1)
+  llvm_major=$(rustup run "$EBPF_TOOLCHAIN" rustc -vV | sed -n 's/^LLVM version: \([0-9]*\).*/\1/p')
+  llvm_dir="${XDG_DATA_HOME:-$HOME/.local/share}/bpf-linker-llvm"
+  mkdir -p "$llvm_dir/lib"
+  ln -sf "$llvm_so" "$llvm_dir/lib/libLLVM.so"                 # -lLLVM at link time
+  ln -sf "$llvm_so" "$llvm_dir/lib/$(basename "$llvm_so")"     # SONAME, found via RUNPATH
+  log "building bpf-linker 0.13.0 against $(basename "$llvm_so") (about a minute)"
+  LLVM_PREFIX="$llvm_dir" cargo install bpf-linker --version =0.13.0 --locked \
+    --no-default-features --features "llvm-$llvm_major"
+fi
+log "ready: $(etcd --version | head -1), $(protoc --version), $(rustc --version), $(bpf-linker --version)"

@@ -100,32 +100,217 @@ pub struct RemoteEndpointInfo {
     pub flags: u8,
 }
 
-/// One datapath miss, sent on the ring buffer: an address with no entry more specific
-/// than a pod-CIDR or world entry.
+/// The part of [`IpcacheKey`] after the prefix length: the `data` of an LPM key as aya
+/// spells it (`Key<IpcachePrefix>`), so program and userspace share one layout.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct IpcachePrefix {
+    /// Cluster ID (0 for remote entries in Cilium's ipcache).
+    pub cluster_id: u16,
+    /// Padding.
+    pub pad1: u8,
+    /// [`FAMILY_IPV4`] or [`FAMILY_IPV6`].
+    pub family: u8,
+    /// Address in network byte order; IPv4 in the first four bytes.
+    pub addr: [u8; 16],
+}
+
+impl IpcachePrefix {
+    /// An IPv4 address (host bits beyond the prefix must be zero for a stored prefix).
+    pub const fn v4(addr: [u8; 4]) -> IpcachePrefix {
+        let key = IpcacheKey::v4(addr, 32);
+        key.prefix()
+    }
+
+    /// An IPv6 address.
+    pub const fn v6(addr: [u8; 16]) -> IpcachePrefix {
+        IpcachePrefix {
+            cluster_id: 0,
+            pad1: 0,
+            family: FAMILY_IPV6,
+            addr,
+        }
+    }
+
+    /// Bits in an LPM key for a full-length lookup of this address family.
+    pub const fn full_prefixlen(&self) -> u32 {
+        if self.family == FAMILY_IPV6 {
+            STATIC_PREFIX_BITS + 128
+        } else {
+            STATIC_PREFIX_BITS + 32
+        }
+    }
+}
+
+impl IpcacheKey {
+    /// The key without its prefix length.
+    pub const fn prefix(&self) -> IpcachePrefix {
+        IpcachePrefix {
+            cluster_id: self.cluster_id,
+            pad1: self.pad1,
+            family: self.family,
+            addr: self.addr,
+        }
+    }
+
+    /// Prefix length in address bits (the stored length minus [`STATIC_PREFIX_BITS`]).
+    pub const fn address_bits(&self) -> u8 {
+        let stored = self.prefixlen;
+        stored.saturating_sub(STATIC_PREFIX_BITS) as u8
+    }
+}
+
+/// Value of the mesh pod-CIDR map: which cluster owns a pod CIDR. The program treats an
+/// address as a mesh pod only when it falls into one of these prefixes, so traffic to the
+/// internet never turns into resolve requests.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MeshCidr {
+    /// Cluster ID of the owner (Cilium's 1..=511), 0 when unknown.
+    pub cluster_id: u16,
+    /// Prefix length of the CIDR in address bits (LPM lookups do not report it).
+    pub prefixlen: u8,
+    /// Padding.
+    pub pad: [u8; 5],
+}
+
+/// Which address of the packet missed.
+pub mod direction {
+    /// The destination (egress towards a remote pod).
+    pub const DESTINATION: u8 = 0;
+    /// The source (ingress from a remote pod, native routing).
+    pub const SOURCE: u8 = 1;
+}
+
+/// One datapath miss, sent on the ring buffer: an address inside a mesh pod CIDR with no
+/// ipcache entry, or whose longest match carries a world identity.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MissEvent {
     /// The missed address, network byte order; IPv4 in the first four bytes.
     pub addr: [u8; 16],
-    /// Tunnel endpoint of the covering entry, if `covering_prefixlen > 0`.
+    /// Tunnel endpoint of the covering ipcache entry (zero without one).
     pub tunnel_endpoint: [u8; 16],
     /// When the program saw it (`bpf_ktime_get_ns`, CLOCK_MONOTONIC).
     pub ts_ns: u64,
     /// Interface the packet was seen on.
     pub ifindex: u32,
-    /// Identity of the covering entry (a world identity, or 0 with no entry).
+    /// Identity of the covering ipcache entry (a world identity, or 0 with no entry).
     pub covering_identity: u32,
-    /// Prefix length of the covering entry in address bits (0: none).
+    /// Cluster ID of the mesh pod CIDR the address is in (0: unknown).
+    pub cluster_id: u16,
+    /// Prefix length of that mesh pod CIDR in address bits.
     pub covering_prefixlen: u8,
     /// [`FAMILY_IPV4`] or [`FAMILY_IPV6`].
     pub family: u8,
+    /// [`direction`] of the address in the packet.
+    pub direction: u8,
     /// Padding, keeps the size a multiple of 8 for the ring buffer.
-    pub pad: [u8; 6],
+    pub pad: [u8; 3],
 }
+
+/// Indexes of the per-CPU counters the program keeps (`STATS` map).
+pub mod stat {
+    /// Packets the classifier ran on.
+    pub const PACKETS: u32 = 0;
+    /// Packets that are neither IPv4 nor IPv6 (or too short to parse).
+    pub const NOT_IP: u32 = 1;
+    /// Addresses outside every mesh pod CIDR: not the program's business.
+    pub const NOT_MESH: u32 = 2;
+    /// Mesh addresses with a specific, non-world ipcache entry.
+    pub const HIT: u32 = 3;
+    /// Mesh addresses without one: misses.
+    pub const MISS: u32 = 4;
+    /// Misses signalled to userspace.
+    pub const EMITTED: u32 = 5;
+    /// Misses not signalled because the address was signalled within the dedup window.
+    pub const SUPPRESSED: u32 = 6;
+    /// Misses not signalled because the global rate limit was exhausted.
+    pub const RATE_LIMITED: u32 = 7;
+    /// Misses not signalled because the ring buffer was full (lost events).
+    pub const RING_FULL: u32 = 8;
+    /// Missed packets dropped (strict verdict).
+    pub const MISS_DROPPED: u32 = 9;
+    /// Missed packets passed (allow-first verdict).
+    pub const MISS_PASSED: u32 = 10;
+    /// Number of counters.
+    pub const COUNT: u32 = 11;
+    /// Counter names, indexed like the constants (metric label values).
+    pub const NAMES: [&str; COUNT as usize] = [
+        "packets",
+        "not_ip",
+        "not_mesh",
+        "hit",
+        "miss",
+        "emitted",
+        "suppressed",
+        "rate_limited",
+        "ring_full",
+        "miss_dropped",
+        "miss_passed",
+    ];
+}
+
+/// What the program does with a packet that missed.
+pub mod verdict {
+    /// Let it through (Cilium's "allow first, resolve async" with a world-allow policy).
+    pub const PASS: u32 = 0;
+    /// Drop it (strict: the sender retransmits once the entry is installed).
+    pub const DROP: u32 = 1;
+}
+
+/// Names of the program's maps and load-time globals, shared with the loader.
+pub mod names {
+    /// The classifier program.
+    pub const PROGRAM: &str = "meshfilter_miss";
+    /// The standalone ipcache (LPM trie with Cilium's layout).
+    pub const IPCACHE: &str = "IPCACHE";
+    /// Cilium's pinned ipcache map name.
+    pub const CILIUM_IPCACHE: &str = "cilium_ipcache_v2";
+    /// Mesh pod CIDRs (LPM trie of [`super::MeshCidr`]).
+    pub const MESH_CIDRS: &str = "MESH_CIDRS";
+    /// Ring buffer of [`super::MissEvent`].
+    pub const MISSES: &str = "MISSES";
+    /// Recently signalled addresses (LRU hash).
+    pub const PENDING: &str = "PENDING";
+    /// Global rate limiter state (one-element array).
+    pub const RATE: &str = "RATE";
+    /// Per-CPU counters.
+    pub const STATS: &str = "STATS";
+    /// Global: dedup window in nanoseconds (0 disables dedup).
+    pub const DEDUP_NS: &str = "DEDUP_NS";
+    /// Global: nanoseconds between events at the sustained rate (0 disables the limit).
+    pub const RATE_INTERVAL_NS: &str = "RATE_INTERVAL_NS";
+    /// Global: burst allowance in nanoseconds (burst events times the interval).
+    pub const RATE_BURST_NS: &str = "RATE_BURST_NS";
+    /// Global: [`super::verdict`] for missed packets.
+    pub const MISS_VERDICT: &str = "MISS_VERDICT";
+    /// Global: non-zero to also check the source address (ingress, native routing).
+    pub const CHECK_SOURCE: &str = "CHECK_SOURCE";
+}
+
+/// Entries the standalone ipcache holds (Cilium's `IPCACHE_MAP_SIZE`).
+pub const IPCACHE_MAX_ENTRIES: u32 = 512_000;
 
 const _: () = assert!(core::mem::size_of::<IpcacheKey>() == 24);
 const _: () = assert!(core::mem::size_of::<RemoteEndpointInfo>() == 24);
 const _: () = assert!(core::mem::size_of::<MissEvent>().is_multiple_of(8));
+const _: () = assert!(core::mem::size_of::<IpcachePrefix>() == 20);
+const _: () = assert!(core::mem::size_of::<MeshCidr>() == 8);
+
+// The userspace loader reads and writes these through aya's typed maps.
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: plain `repr(C)` data without padding holes that matter and no pointers; any
+    // bit pattern is a valid value.
+    unsafe impl aya::Pod for super::IpcachePrefix {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::RemoteEndpointInfo {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::MeshCidr {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::MissEvent {}
+}
 
 #[cfg(test)]
 mod tests {

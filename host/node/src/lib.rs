@@ -1,0 +1,25 @@
+//! The meshfilter node agent: "slowness over failure" for Cluster Mesh sync gaps.
+//!
+//! A TC classifier ([`datapath`]) sees packets to remote-cluster pod addresses that have no
+//! ipcache entry and signals them on a ring buffer, deduplicated and rate-limited in the
+//! kernel. The [`agent`] reads the signals ([`events`]), asks the filter engine's miss hook
+//! what to do, resolves the address ([`resolve`]) and installs it, so the sender's next
+//! retransmit gets through. [`view`] keeps the program's maps in step with the local
+//! kvstoremesh cache.
+#![deny(missing_docs)]
+
+pub mod agent;
+mod caps;
+pub mod datapath;
+mod error;
+pub mod events;
+pub mod metrics;
+pub mod resolve;
+pub mod view;
+
+pub use agent::{AgentConfig, NodeAgent, NodeStatus, Outcome};
+pub use datapath::{Attachment, Datapath, DatapathConfig, Direction, IpcacheMode, MissVerdict};
+pub use error::{DatapathError, ResolveError};
+pub use metrics::NodeMetrics;
+pub use resolve::{Resolution, ResolvedFrom, Resolvers};
+pub use view::{MeshView, StaticCidr};

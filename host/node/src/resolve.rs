@@ -1,0 +1,169 @@
+//! Where a missed address is looked up: the local kvstoremesh cache first (one etcd read
+//! per candidate cluster), then the mesh's on-demand resolve API, which finds it in the
+//! owning remote cluster even when filters kept it out, and writes it into the local
+//! cache under a short lease so unmodified agents see it too.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use etcd_client::Client;
+use meshfilter_cilium::{ClusterName, IpIdentityPair, KvstoreValue};
+
+use crate::error::ResolveError;
+
+/// Where a resolution came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ResolvedFrom {
+    /// Already in the local cache.
+    LocalCache,
+    /// From the owning remote cluster, through `meshfilter mesh`.
+    Mesh,
+}
+
+impl ResolvedFrom {
+    /// Label value for metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResolvedFrom::LocalCache => "local-cache",
+            ResolvedFrom::Mesh => "mesh",
+        }
+    }
+}
+
+/// A found endpoint.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Resolution {
+    /// Cluster that owns it.
+    pub cluster: String,
+    /// Its ipcache entry.
+    pub pair: IpIdentityPair,
+    /// Where it came from.
+    pub from: ResolvedFrom,
+}
+
+/// The configured lookup sources.
+#[derive(Clone)]
+pub struct Resolvers {
+    local: Option<Client>,
+    mesh_api: Option<String>,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for Resolvers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Resolvers")
+            .field("local_cache", &self.local.is_some())
+            .field("mesh_api", &self.mesh_api)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+impl Resolvers {
+    /// Sources: the local etcd (if given) and the mesh API base URL (if given).
+    pub fn new(local: Option<Client>, mesh_api: Option<String>, timeout: Duration) -> Resolvers {
+        Resolvers {
+            local,
+            mesh_api: mesh_api.map(|u| u.trim_end_matches('/').to_owned()),
+            timeout,
+        }
+    }
+
+    /// Looks `addr` up in `clusters` (the miss hook's order) in the local cache, then
+    /// asks the mesh.
+    pub async fn resolve(
+        &self,
+        addr: IpAddr,
+        clusters: &[String],
+    ) -> Result<Resolution, ResolveError> {
+        if let Some(client) = &self.local {
+            match tokio::time::timeout(self.timeout, local_lookup(client.clone(), addr, clusters))
+                .await
+            {
+                Ok(Ok(Some(found))) => return Ok(found),
+                Ok(Ok(None)) => {}
+                Ok(Err(e)) => tracing::debug!(%addr, error = %e, "local cache lookup failed"),
+                Err(_) => tracing::debug!(%addr, "local cache lookup timed out"),
+            }
+        }
+        match &self.mesh_api {
+            Some(url) => mesh_lookup(url.clone(), addr, self.timeout).await,
+            None => Err(ResolveError::NotFound),
+        }
+    }
+}
+
+async fn local_lookup(
+    mut client: Client,
+    addr: IpAddr,
+    clusters: &[String],
+) -> Result<Option<Resolution>, etcd_client::Error> {
+    for cluster in clusters {
+        let Ok(name) = ClusterName::new(cluster.as_str()) else {
+            continue;
+        };
+        let key = format!("cilium/cache/ip/v1/{cluster}/{addr}");
+        let resp = client.get(key.as_str(), None).await?;
+        let Some(kv) = resp.kvs().first() else {
+            continue;
+        };
+        match IpIdentityPair::parse(&name, &addr.to_string(), kv.value()) {
+            Ok(pair) => {
+                return Ok(Some(Resolution {
+                    cluster: cluster.clone(),
+                    pair,
+                    from: ResolvedFrom::LocalCache,
+                }));
+            }
+            Err(e) => tracing::warn!(key, error = %e, "invalid value in the local cache"),
+        }
+    }
+    Ok(None)
+}
+
+#[derive(serde::Deserialize)]
+struct MeshResolved {
+    cluster: String,
+    value: String,
+}
+
+async fn mesh_lookup(
+    base: String,
+    addr: IpAddr,
+    timeout: Duration,
+) -> Result<Resolution, ResolveError> {
+    let url = format!("{base}/resolve?ip={addr}");
+    let answer =
+        tokio::task::spawn_blocking(move || match ureq::get(&url).timeout(timeout).call() {
+            Ok(resp) => {
+                let body = resp
+                    .into_string()
+                    .map_err(|e| ResolveError::Unavailable(format!("reading {url}: {e}")))?;
+                Ok(body)
+            }
+            Err(ureq::Error::Status(404, _)) => Err(ResolveError::NotFound),
+            Err(ureq::Error::Status(code @ (429 | 503), resp)) => Err(ResolveError::Busy(format!(
+                "{code}: {}",
+                resp.into_string().unwrap_or_default()
+            ))),
+            Err(ureq::Error::Status(code, resp)) => Err(ResolveError::Unavailable(format!(
+                "{url} answered {code}: {}",
+                resp.into_string().unwrap_or_default()
+            ))),
+            Err(e) => Err(ResolveError::Unavailable(format!("{url}: {e}"))),
+        })
+        .await
+        .map_err(|e| ResolveError::Unavailable(e.to_string()))??;
+    let resolved: MeshResolved = serde_json::from_str(&answer)
+        .map_err(|e| ResolveError::Unavailable(format!("mesh answer for {addr}: {e}")))?;
+    let name = ClusterName::new(resolved.cluster.as_str())
+        .map_err(|e| ResolveError::Unavailable(format!("mesh answer for {addr}: {e}")))?;
+    let pair = IpIdentityPair::parse(&name, &addr.to_string(), resolved.value.as_bytes())
+        .map_err(|e| ResolveError::Unavailable(format!("mesh answer for {addr}: {e}")))?;
+    Ok(Resolution {
+        cluster: resolved.cluster,
+        pair,
+        from: ResolvedFrom::Mesh,
+    })
+}
