@@ -39,6 +39,9 @@ pub enum Command {
     /// Source-side filtering: copy this cluster's unfiltered clustermesh state into the
     /// etcd remote clusters read, with only the endpoints the export hook lets out.
     Export(ExportArgs),
+    /// The per-node agent: attach the eBPF miss classifier, resolve the remote pod
+    /// addresses it reports through the miss hook and the mesh, and install them.
+    Node(NodeArgs),
     /// Show the status of a running `meshfilter mesh`: per remote cluster, connected,
     /// synced, entries mirrored and filtered out (and why), retries, last error.
     Status(StatusArgs),
@@ -170,6 +173,14 @@ pub struct MeshArgs {
     /// waits 3 minutes).
     #[arg(long, value_parser = humantime::parse_duration, default_value = "3m")]
     pub drain_grace: std::time::Duration,
+}
+
+/// `node`
+#[derive(Debug, Args)]
+pub struct NodeArgs {
+    /// Config file (YAML).
+    #[arg(long)]
+    pub config: PathBuf,
 }
 
 /// `status`

@@ -4,6 +4,7 @@ mod builtin;
 mod cli;
 mod commands;
 mod config;
+mod node_config;
 mod telemetry;
 
 use clap::Parser;

@@ -78,6 +78,7 @@ pub struct MeshView {
     static_cidrs: Vec<StaticCidr>,
     state: RwLock<State>,
     standalone: bool,
+    mirror_cache: bool,
 }
 
 impl std::fmt::Debug for MeshView {
@@ -89,14 +90,22 @@ impl std::fmt::Debug for MeshView {
 }
 
 impl MeshView {
-    /// A view feeding `datapath`, with `static_cidrs` always present.
-    pub fn new(datapath: Arc<Datapath>, static_cidrs: Vec<StaticCidr>) -> Arc<MeshView> {
+    /// A view feeding `datapath`, with `static_cidrs` always present. In standalone mode
+    /// with `mirror_cache`, every endpoint of the local cache is installed as Cilium's
+    /// agent would; without it the standalone ipcache holds only what was resolved on a
+    /// miss (on-demand only).
+    pub fn new(
+        datapath: Arc<Datapath>,
+        static_cidrs: Vec<StaticCidr>,
+        mirror_cache: bool,
+    ) -> Arc<MeshView> {
         let standalone = matches!(datapath.mode(), IpcacheMode::Standalone);
         let view = Arc::new(MeshView {
             datapath,
             static_cidrs,
             state: RwLock::new(State::default()),
             standalone,
+            mirror_cache: standalone && mirror_cache,
         });
         view.install_defaults();
         view.refresh_cidrs();
@@ -106,7 +115,7 @@ impl MeshView {
     /// Status counts.
     pub fn status(&self) -> ViewStatus {
         let s = self.state.read();
-        let wanted = if self.standalone { 3 } else { 2 };
+        let wanted = if self.mirror_cache { 3 } else { 2 };
         ViewStatus {
             clusters: s.clusters.clone(),
             nodes: s.nodes.len(),
@@ -172,7 +181,7 @@ impl MeshView {
     /// Follows the local etcd until cancelled, reconnecting with backoff.
     pub async fn run(self: Arc<Self>, client: Client, cancel: CancellationToken) {
         let mut prefixes = vec![CLUSTER_CONFIG_PREFIX, NODES_PREFIX];
-        if self.standalone {
+        if self.mirror_cache {
             prefixes.push(ENDPOINTS_PREFIX);
         }
         let tasks: Vec<_> = prefixes

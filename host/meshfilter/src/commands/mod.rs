@@ -8,6 +8,7 @@ mod demo_mesh;
 mod export;
 mod mesh;
 mod mesh_metrics;
+mod node;
 mod serve;
 mod test;
 
@@ -33,6 +34,7 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Demo(args) => demo::run(&args),
         Command::Mesh(args) => mesh::run(&args),
         Command::Export(args) => export::run(&args),
+        Command::Node(args) => node::run(&args),
         Command::Bench(BenchCommand::Mesh(args)) => bench_mesh::run(&args),
         Command::Status(args) => mesh::print_status(&args.addr, args.json),
         Command::Explain(args) => mesh::print_explain(&args.addr, &args.target),

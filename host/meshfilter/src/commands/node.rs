@@ -1,0 +1,171 @@
+//! `meshfilter node`: the per-node agent. Loads and attaches the miss classifier, keeps
+//! its maps in step with the local cache, resolves missed addresses and installs them.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use meshfilter_node::{
+    AgentConfig, Datapath, DatapathConfig, IpcacheMode, MeshView, NodeAgent, NodeMetrics,
+    Resolvers, StaticCidr,
+};
+use prometheus_client::registry::Registry;
+
+use crate::cli::NodeArgs;
+use crate::node_config::{NodeConfig, NodeMode};
+
+struct Shared {
+    agent: Arc<NodeAgent>,
+    /// Whether readiness waits for the local cache to be listed.
+    follows_cache: bool,
+    registry: Registry,
+    metrics: NodeMetrics,
+}
+
+pub fn run(args: &NodeArgs) -> anyhow::Result<ExitCode> {
+    let config = NodeConfig::load(&args.config)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("meshfilter-node")
+        .build()?;
+    rt.block_on(serve(config))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn serve(config: NodeConfig) -> anyhow::Result<()> {
+    let cancel = super::serve::shutdown_on_signal();
+    let mode = match config.mode {
+        NodeMode::Standalone => IpcacheMode::Standalone,
+        NodeMode::Cilium => IpcacheMode::Cilium {
+            pin: config.cilium_ipcache.clone(),
+        },
+    };
+    let datapath = Arc::new(
+        Datapath::load(&DatapathConfig {
+            mode,
+            dedup: config.dedup,
+            events_per_second: config.events.per_second,
+            burst: config.events.burst,
+            verdict: config.miss_verdict,
+            check_source: config.check_source,
+        })
+        .context("loading the eBPF classifier")?,
+    );
+    let (runtime, mut registry, _watch) =
+        super::serve::load_filters(&config.filters, config.cluster.locality())?;
+    let metrics = NodeMetrics::default();
+    metrics.register(&mut registry);
+
+    let local = match &config.local_etcd {
+        Some(etcd) => Some(super::mesh::connect_with_retry(etcd, "local", &cancel).await?),
+        None => None,
+    };
+    let static_cidrs = config
+        .mesh_cidrs
+        .iter()
+        .map(|c| StaticCidr {
+            cidr: c.cidr,
+            cluster: c.cluster.clone(),
+        })
+        .collect();
+    let view = MeshView::new(datapath.clone(), static_cidrs, config.mirror_cache);
+    let view_task = local.clone().map(|client| {
+        let view = view.clone();
+        let cancel = cancel.clone();
+        tokio::spawn(async move { view.run(client, cancel).await })
+    });
+    let resolvers = Resolvers::new(local, config.mesh_api.clone(), config.resolve_timeout);
+    let agent = NodeAgent::new(
+        datapath.clone(),
+        view,
+        Some(runtime),
+        resolvers,
+        AgentConfig {
+            node_name: config.node_name(),
+            queue: config.queue,
+            concurrency: config.concurrency,
+            negative_ttl: config.negative_ttl,
+            ..AgentConfig::default()
+        },
+        metrics.clone(),
+    );
+
+    // Attach last: everything that answers a miss is ready before the first one.
+    for attachment in &config.interfaces {
+        datapath
+            .attach(attachment)
+            .with_context(|| format!("interfaces: {}", attachment.interface))?;
+    }
+    let agent_task = tokio::spawn(agent.clone().run(cancel.clone()));
+
+    let shared = Arc::new(Shared {
+        agent,
+        follows_cache: view_task.is_some(),
+        registry,
+        metrics,
+    });
+    let app = Router::new()
+        .route("/metrics", get(metrics_handler))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(ready))
+        .route("/status", get(status))
+        .with_state(shared.clone());
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("listen: {}", config.listen))?;
+    tracing::info!(listen = %config.listen, program_id = datapath.program_id(), "node agent running");
+    let server =
+        axum::serve(listener, app).with_graceful_shutdown(cancel.clone().cancelled_owned());
+    server.await.context("HTTP server")?;
+
+    cancel.cancel();
+    match tokio::time::timeout(Duration::from_secs(5), agent_task).await {
+        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "miss reader ended with an error"),
+        Ok(_) => {}
+        Err(_) => tracing::warn!("miss reader did not stop within 5s"),
+    }
+    if let Some(task) = view_task {
+        let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+    }
+    drop(shared);
+    // Detach explicitly so the log says so; dropping the datapath would do it too.
+    datapath.detach_all();
+    tracing::info!("node agent stopped");
+    Ok(())
+}
+
+async fn metrics_handler(State(shared): State<Arc<Shared>>) -> (StatusCode, String) {
+    shared.metrics.refresh(&shared.agent);
+    let mut out = String::new();
+    match prometheus_client::encoding::text::encode(&mut out, &shared.registry) {
+        Ok(()) => (StatusCode::OK, out),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+async fn ready(State(shared): State<Arc<Shared>>) -> (StatusCode, &'static str) {
+    let status = shared.agent.status();
+    if status.attachments.is_empty() {
+        (StatusCode::SERVICE_UNAVAILABLE, "not attached")
+    } else if shared.follows_cache && !status.view.synced {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "local cache not listed yet",
+        )
+    } else {
+        (StatusCode::OK, "ready")
+    }
+}
+
+async fn status(State(shared): State<Arc<Shared>>) -> (StatusCode, String) {
+    let status = shared.agent.status();
+    (
+        StatusCode::OK,
+        serde_json::to_string_pretty(&status).unwrap_or_default(),
+    )
+}

@@ -1,0 +1,651 @@
+//! The miss path end to end with real packets: two pods in network namespaces, one per
+//! emulated cluster, bridged through this (root) namespace, which plays cluster A's node.
+//! The classifier sits on the ingress of pod A's host-side veth, where Cilium's
+//! from-container program sits. Real etcd for cluster A's cache and cluster B's state,
+//! `meshfilter mesh` and `meshfilter node` as operators run them. Needs root.
+//!
+//! Cluster B's pod 198.51.100.7 is regional in us-east-1 and cluster A is in eu-west-1,
+//! so the import filter keeps it out of A's cache: its first SYN misses. Pod .8 is global
+//! and synced: it connects at once.
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use meshfilter_local_etcd::EtcdServer;
+use meshfilter_node::{Attachment, Datapath, DatapathConfig, Direction, MeshView, MissVerdict};
+
+const REGIONAL: &str = r#"{"IP":"198.51.100.7","HostIP":"203.0.113.2","ID":131073,"Key":0,"Metadata":"","K8sNamespace":"shop","K8sPodName":"db-0","SyncScope":"regional"}"#;
+const GLOBAL: &str = r#"{"IP":"198.51.100.8","HostIP":"203.0.113.2","ID":131074,"Key":0,"Metadata":"","K8sNamespace":"shop","K8sPodName":"web-0","SyncScope":"global"}"#;
+const POD_B_REGIONAL: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
+const POD_B_GLOBAL: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 8);
+const PORT: u16 = 8080;
+
+fn sh(args: &[&str]) {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .expect(args[0]);
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn etcdctl(endpoint: &str, args: &[&str]) -> String {
+    let out = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .arg("--endpoints")
+        .arg(endpoint)
+        .args(args)
+        .output()
+        .expect("etcdctl");
+    assert!(out.status.success(), "etcdctl {args:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn http_get(url: &str) -> String {
+    match ureq::get(url).timeout(Duration::from_secs(5)).call() {
+        Ok(r) => r.into_string().unwrap_or_default(),
+        Err(ureq::Error::Status(_, r)) => r.into_string().unwrap_or_default(),
+        Err(e) => format!("unreachable: {e}"),
+    }
+}
+
+/// Two pods bridged through the root namespace. Deleted on drop.
+struct Pods {
+    ns_a: String,
+    ns_b: String,
+    bridge: String,
+    host_a: String,
+    host_b: String,
+}
+
+impl Pods {
+    fn new(tag: &str) -> Pods {
+        let id = std::process::id() % 10_000;
+        let p = Pods {
+            ns_a: format!("mf-{tag}{id}-a"),
+            ns_b: format!("mf-{tag}{id}-b"),
+            bridge: format!("mf{tag}{id}br"),
+            host_a: format!("mf{tag}{id}a"),
+            host_b: format!("mf{tag}{id}b"),
+        };
+        p.cleanup();
+        for ns in [&p.ns_a, &p.ns_b] {
+            sh(&["ip", "netns", "add", ns]);
+            sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
+        }
+        sh(&["ip", "link", "add", &p.bridge, "type", "bridge"]);
+        sh(&["ip", "link", "set", &p.bridge, "up"]);
+        for (host, ns, addr) in [
+            (&p.host_a, &p.ns_a, "203.0.113.1/24"),
+            (&p.host_b, &p.ns_b, "203.0.113.2/24"),
+        ] {
+            sh(&[
+                "ip", "link", "add", host, "type", "veth", "peer", "name", "eth0", "netns", ns,
+            ]);
+            sh(&["ip", "link", "set", host, "master", &p.bridge, "up"]);
+            sh(&["ip", "-n", ns, "addr", "add", addr, "dev", "eth0"]);
+            sh(&["ip", "-n", ns, "link", "set", "eth0", "up"]);
+        }
+        for addr in ["198.51.100.7/32", "198.51.100.8/32"] {
+            sh(&["ip", "-n", &p.ns_b, "addr", "add", addr, "dev", "lo"]);
+        }
+        for net in ["198.51.100.0/24", "198.18.0.0/15"] {
+            sh(&[
+                "ip",
+                "-n",
+                &p.ns_a,
+                "route",
+                "add",
+                net,
+                "via",
+                "203.0.113.2",
+            ]);
+        }
+        p
+    }
+
+    fn cleanup(&self) {
+        for ns in [&self.ns_a, &self.ns_b] {
+            let _ = Command::new("ip")
+                .args(["netns", "del", ns])
+                .stderr(Stdio::null())
+                .status();
+        }
+        for link in [&self.host_a, &self.host_b, &self.bridge] {
+            let _ = Command::new("ip")
+                .args(["link", "del", link])
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+impl Drop for Pods {
+    fn drop(&mut self) {
+        self.cleanup();
+    }
+}
+
+/// Runs `f` on a thread inside network namespace `ns`.
+fn in_netns<T: Send + 'static>(
+    ns: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::thread::JoinHandle<T> {
+    let path = format!("/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&path).expect("netns file");
+        // SAFETY: setns on this thread only, with a valid namespace fd.
+        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns {path}");
+        f()
+    })
+}
+
+/// A TCP echo-once server in pod B on both addresses.
+struct Server {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Server {
+    fn start(ns: &str) -> Server {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let thread = in_netns(ns, move || {
+            let listener = TcpListener::bind(("0.0.0.0", PORT)).expect("bind in pod B");
+            listener.set_nonblocking(true).unwrap();
+            ready_tx.send(()).unwrap();
+            while !flag.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((mut stream, _)) => {
+                        stream.set_nonblocking(false).unwrap();
+                        let _ = stream.write_all(b"hello from cluster B\n");
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        ready_rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("server ready");
+        Server {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Connects from pod A; returns how long establishing took, or the error.
+fn connect_from(ns: &str, to: Ipv4Addr, timeout: Duration) -> Result<Duration, String> {
+    in_netns(ns, move || {
+        let started = Instant::now();
+        let mut stream = TcpStream::connect_timeout(&SocketAddr::from((to, PORT)), timeout)
+            .map_err(|e| format!("{e} after {:?}", started.elapsed()))?;
+        let took = started.elapsed();
+        let mut greeting = String::new();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
+        stream
+            .read_to_string(&mut greeting)
+            .map_err(|e| e.to_string())?;
+        assert_eq!(greeting, "hello from cluster B\n");
+        Ok(took)
+    })
+    .join()
+    .expect("client thread")
+}
+
+/// Cluster A's local etcd, cluster B's etcd with a node (pod CIDR 198.51.100.0/24,
+/// us-east-1) and two endpoints, and `meshfilter mesh` for cluster A (eu-west-1).
+struct Mesh {
+    local: EtcdServer,
+    _remote: EtcdServer,
+    dir: tempfile::TempDir,
+    addr: String,
+    process: Child,
+}
+
+impl Mesh {
+    fn start() -> Mesh {
+        let local = EtcdServer::start("cluster-a");
+        let remote = EtcdServer::start("cluster-b");
+        let r = remote.endpoint();
+        etcdctl(
+            &r,
+            &[
+                "put",
+                "cilium/cluster-config/cluster-b",
+                r#"{"id":2,"capabilities":{"syncedCanaries":true,"maxConnectedClusters":255}}"#,
+            ],
+        );
+        etcdctl(
+            &r,
+            &[
+                "put",
+                "cilium/state/nodes/v1/cluster-b/b1",
+                r#"{"Name":"b1","Cluster":"cluster-b","IPAddresses":[{"Type":"InternalIP","IP":"203.0.113.2"}],"IPv4AllocCIDR":{"IP":"198.51.100.0","Mask":"////AA=="},"ClusterID":2,"Labels":{"topology.kubernetes.io/region":"us-east-1"}}"#,
+            ],
+        );
+        for id in ["131073", "131074"] {
+            etcdctl(
+                &r,
+                &[
+                    "put",
+                    &format!("cilium/state/identities/v1/id/{id}"),
+                    "k8s:app=shop;k8s:io.kubernetes.pod.namespace=shop;",
+                ],
+            );
+        }
+        etcdctl(
+            &r,
+            &["put", "cilium/state/ip/v1/default/198.51.100.7", REGIONAL],
+        );
+        etcdctl(
+            &r,
+            &["put", "cilium/state/ip/v1/default/198.51.100.8", GLOBAL],
+        );
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("clustermesh")).unwrap();
+        std::fs::write(
+            dir.path().join("clustermesh/cluster-b"),
+            format!("endpoints:\n- {r}\n"),
+        )
+        .unwrap();
+        let addr = format!("127.0.0.1:{}", free_port());
+        let config = dir.path().join("mesh.yaml");
+        std::fs::write(
+            &config,
+            format!(
+                "cluster: {{name: cluster-a, zone: eu-west-1a, region: eu-west-1}}\nlocalEtcd:\n  endpoints: [{}]\nclustersDir: {}\nlisten: {addr}\n",
+                local.endpoint(),
+                dir.path().join("clustermesh").display()
+            ),
+        )
+        .unwrap();
+        let process = Command::new(env!("CARGO_BIN_EXE_meshfilter"))
+            .args(["mesh", "--config", config.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start meshfilter mesh");
+        let mesh = Mesh {
+            local,
+            _remote: remote,
+            dir,
+            addr,
+            process,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while http_get(&format!("http://{}/readyz", mesh.addr)) != "ready" {
+            assert!(Instant::now() < deadline, "mesh did not sync");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let cached = etcdctl(
+            &mesh.local.endpoint(),
+            &["get", "--prefix", "--keys-only", "cilium/cache/ip/v1/"],
+        );
+        assert!(
+            cached.contains("198.51.100.8") && !cached.contains("198.51.100.7"),
+            "only the global pod is synced: {cached}"
+        );
+        mesh
+    }
+
+    /// A `meshfilter node` config for pod A's host-side interface.
+    fn node_config(&self, name: &str, iface: &str, extra: &str) -> (PathBuf, String) {
+        let listen = format!("127.0.0.1:{}", free_port());
+        let path = self.dir.path().join(format!("{name}.yaml"));
+        std::fs::write(
+            &path,
+            format!(
+                "nodeName: a1\ncluster: {{name: cluster-a, region: eu-west-1}}\nmode: standalone\ninterfaces:\n- {{interface: {iface}, direction: ingress}}\nmissVerdict: drop\nlocalEtcd:\n  endpoints: [{}]\nmeshApi: http://{}\nlisten: {listen}\n{extra}",
+                self.local.endpoint(),
+                self.addr
+            ),
+        )
+        .unwrap();
+        (path, listen)
+    }
+}
+
+impl Drop for Mesh {
+    fn drop(&mut self) {
+        let _ = self.process.kill();
+        let _ = self.process.wait();
+    }
+}
+
+fn spawn_node(config: &Path, listen: &str) -> Child {
+    let log = std::fs::File::create(config.with_extension("log")).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_meshfilter"))
+        .args(["node", "--config", config.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("start meshfilter node");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while http_get(&format!("http://{listen}/readyz")) != "ready" {
+        assert!(
+            Instant::now() < deadline,
+            "node not ready: {}",
+            std::fs::read_to_string(config.with_extension("log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child
+}
+
+fn stop(child: &mut Child) {
+    sh(&["kill", "-TERM", &child.id().to_string()]);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Some(code) = child.try_wait().unwrap() {
+            assert!(code.success(), "exit status {code}");
+            return;
+        }
+        assert!(Instant::now() < deadline, "node did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Programs named like ours attached to `iface` (TCX ingress).
+fn attached(iface: &str) -> usize {
+    let (_, programs) =
+        aya::programs::SchedClassifier::query_tcx(iface, aya::programs::TcAttachType::Ingress)
+            .expect("query TCX");
+    programs
+        .iter()
+        .filter(|p| p.name_as_str() == Some("meshfilter_miss"))
+        .count()
+}
+
+fn status(listen: &str) -> serde_json::Value {
+    serde_json::from_str(&http_get(&format!("http://{listen}/status"))).expect("status JSON")
+}
+
+/// `bpftool map dump id N` (JSON): `(key bytes, value bytes)` per entry.
+fn bpftool_dump(id: u64) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let out = Command::new("bpftool")
+        .args(["-j", "map", "dump", "id", &id.to_string()])
+        .output()
+        .expect("bpftool");
+    assert!(
+        out.status.success(),
+        "bpftool: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let entries: Vec<serde_json::Value> =
+        serde_json::from_slice(&out.stdout).expect("bpftool JSON");
+    let bytes = |v: &serde_json::Value| -> Vec<u8> {
+        v.as_array()
+            .expect("hex byte array")
+            .iter()
+            .map(|b| u8::from_str_radix(b.as_str().unwrap().trim_start_matches("0x"), 16).unwrap())
+            .collect()
+    };
+    entries
+        .iter()
+        .map(|e| (bytes(&e["key"]), bytes(&e["value"])))
+        .collect()
+}
+
+#[test]
+fn first_retransmit_connects_to_a_filtered_out_pod() {
+    let mesh = Mesh::start();
+    let pods = Pods::new("e");
+    let _server = Server::start(&pods.ns_b);
+
+    // Control: the standalone datapath as Cilium would have it (cache mirrored, strict
+    // policy) but nobody answering misses. The synced pod connects at once; the filtered
+    // one never does.
+    {
+        let datapath = Arc::new(
+            Datapath::load(&DatapathConfig {
+                verdict: MissVerdict::Drop,
+                ..Default::default()
+            })
+            .expect("load"),
+        );
+        let view = MeshView::new(datapath.clone(), Vec::new(), true);
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let local = mesh.local.endpoint();
+        let view_task = rt.spawn({
+            let view = view.clone();
+            let cancel = cancel.clone();
+            async move {
+                let client = etcd_client::Client::connect([local], None).await.unwrap();
+                view.run(client, cancel).await
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !(view.status().synced && view.status().mesh_cidrs == 1) {
+            assert!(
+                Instant::now() < deadline,
+                "view did not sync: {:?}",
+                view.status()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        datapath
+            .attach(&Attachment {
+                interface: pods.host_a.clone(),
+                direction: Direction::Ingress,
+            })
+            .expect("attach");
+        let took = connect_from(&pods.ns_a, POD_B_GLOBAL, Duration::from_secs(3))
+            .expect("synced pod connects");
+        assert!(
+            took < Duration::from_millis(500),
+            "synced pod: no miss, took {took:?}"
+        );
+        let failed = connect_from(&pods.ns_a, POD_B_REGIONAL, Duration::from_millis(3500));
+        assert!(
+            failed.is_err(),
+            "control run must fail without meshfilter node: {failed:?}"
+        );
+        let stats = datapath.stats();
+        assert!(
+            stats.get(meshfilter_common::ipcache::stat::MISS_DROPPED) >= 2,
+            "SYNs dropped: {stats:?}"
+        );
+        cancel.cancel();
+        let _ = rt.block_on(view_task);
+        datapath.detach_all();
+    }
+    assert_eq!(attached(&pods.host_a), 0, "control datapath detached");
+
+    // With meshfilter node: the first SYN misses and is dropped, the node resolves the
+    // address through the mesh from cluster B's etcd, and the first retransmit (1 s)
+    // connects.
+    let (config, listen) = mesh.node_config("node", &pods.host_a, "");
+    let mut node = spawn_node(&config, &listen);
+    assert_eq!(attached(&pods.host_a), 1);
+    let took = connect_from(&pods.ns_a, POD_B_REGIONAL, Duration::from_secs(5))
+        .expect("connects with meshfilter node");
+    eprintln!("connection to the filtered-out pod established after {took:?}");
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_millis(2500),
+        "established on the first retransmit, took {took:?}"
+    );
+    let st = status(&listen);
+    let recent = st["recent"].as_array().unwrap();
+    let installed = recent
+        .iter()
+        .find(|r| r["address"] == "198.51.100.7" && r["outcome"] == "installed")
+        .unwrap_or_else(|| panic!("resolution recorded: {st:#}"));
+    assert_eq!(installed["cluster"], "cluster-b");
+    assert_eq!(installed["identity"], 131073);
+    assert_eq!(installed["from"], "mesh");
+    eprintln!(
+        "miss to installed: {} us (from the owning remote etcd)",
+        installed["latencyUs"]
+    );
+    assert!(st["datapath"]["miss_dropped"].as_u64().unwrap() >= 1);
+    // The mesh wrote it into cluster A's cache too, so unmodified agents get it.
+    let cached = etcdctl(
+        &mesh.local.endpoint(),
+        &["get", "cilium/cache/ip/v1/cluster-b/198.51.100.7"],
+    );
+    assert!(
+        cached.contains(REGIONAL),
+        "resolved entry in the cache: {cached}"
+    );
+
+    // An external reader sees the entry in Cilium's layout: prefixlen 64 (32 + /32),
+    // family 1, the address at byte 8; identity and tunnel endpoint in the value.
+    let map_id = st["ipcacheMapId"].as_u64().unwrap();
+    let entries = bpftool_dump(map_id);
+    let (_, value) = entries
+        .iter()
+        .find(|(k, _)| {
+            k.len() == 24
+                && k[0..4] == 64u32.to_ne_bytes()
+                && k[7] == 1
+                && k[8..12] == [198, 51, 100, 7]
+        })
+        .unwrap_or_else(|| panic!("no /32 for 198.51.100.7 in bpftool's dump of map {map_id}"));
+    assert_eq!(u32::from_ne_bytes(value[0..4].try_into().unwrap()), 131073);
+    assert_eq!(
+        value[4..8],
+        [203, 0, 113, 2],
+        "tunnel endpoint: the pod's node"
+    );
+    assert!(
+        entries.iter().any(|(k, v)| k[0..4] == 56u32.to_ne_bytes()
+            && k[8..11] == [198, 51, 100]
+            && u32::from_ne_bytes(v[0..4].try_into().unwrap()) == 9),
+        "the pod CIDR's world entry is there as Cilium installs it"
+    );
+
+    // Graceful stop detaches; a restart attaches exactly once; kill -9 leaves nothing.
+    stop(&mut node);
+    assert_eq!(attached(&pods.host_a), 0, "detached on SIGTERM");
+    let mut node = spawn_node(&config, &listen);
+    assert_eq!(
+        attached(&pods.host_a),
+        1,
+        "re-attached once after a restart"
+    );
+    node.kill().unwrap();
+    node.wait().unwrap();
+    assert_eq!(
+        attached(&pods.host_a),
+        0,
+        "a killed agent leaves no program behind (TCX link)"
+    );
+}
+
+#[test]
+fn flood_of_unknown_addresses_is_bounded() {
+    let mesh = Mesh::start();
+    let pods = Pods::new("f");
+    let (config, listen) = mesh.node_config(
+        "flood",
+        &pods.host_a,
+        "meshCidrs:\n- {cidr: 198.18.0.0/15, cluster: cluster-b}\nevents: {perSecond: 200, burst: 50}\ndedup: 10s\n",
+    );
+    let mut node = spawn_node(&config, &listen);
+    let reads_before = resolver_reads(&mesh.addr);
+
+    // 10,000 distinct addresses nobody owns, as fast as one socket sends.
+    let started = Instant::now();
+    in_netns(&pods.ns_a, || {
+        let socket = UdpSocket::bind("0.0.0.0:0").unwrap();
+        for i in 0..10_000u32 {
+            let dst = Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 0, 0)) + i);
+            let _ = socket.send_to(b"x", (IpAddr::V4(dst), 9));
+        }
+    })
+    .join()
+    .unwrap();
+    let send_time = started.elapsed();
+    std::thread::sleep(Duration::from_millis(1500));
+    let elapsed = started.elapsed().as_secs_f64();
+    let st = status(&listen);
+    let received = st["events"]["received"].as_u64().unwrap();
+    let misses = st["datapath"]["miss"].as_u64().unwrap();
+    let limited = st["datapath"]["rate_limited"].as_u64().unwrap();
+    let reads = resolver_reads(&mesh.addr) - reads_before;
+    eprintln!(
+        "flood: 10000 addresses sent in {send_time:?}; {misses} misses in the kernel, {received} events to userspace, {limited} rate-limited, {reads} remote reads by the mesh"
+    );
+    assert!(misses >= 9_000, "the kernel saw the flood: {misses}");
+    let ceiling = 50.0 + 200.0 * elapsed + 10.0;
+    assert!(
+        (received as f64) <= ceiling,
+        "at most the configured rate: {received} > {ceiling}"
+    );
+    assert!(received >= 50, "the burst got through: {received}");
+    assert!(
+        limited > 5_000,
+        "the rest was limited in the kernel: {limited}"
+    );
+    assert!(
+        reads <= received,
+        "no request storm: {reads} remote reads for {received} events"
+    );
+    assert_eq!(http_get(&format!("http://{listen}/healthz")), "ok");
+
+    // The same addresses again: negative-cached in the node, not asked again.
+    let again_before = resolver_reads(&mesh.addr);
+    let first: Vec<u32> = (0..50).collect();
+    in_netns(&pods.ns_a, move || {
+        let socket = UdpSocket::bind("0.0.0.0:0").unwrap();
+        for i in first {
+            let dst = Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 0, 0)) + i);
+            let _ = socket.send_to(b"x", (IpAddr::V4(dst), 9));
+        }
+    })
+    .join()
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        resolver_reads(&mesh.addr),
+        again_before,
+        "suppressed in the kernel or negative-cached"
+    );
+    stop(&mut node);
+}
+
+/// `meshfilter_resolver_requests` of the mesh: lookups it was asked for.
+fn resolver_reads(mesh: &str) -> u64 {
+    let metrics = http_get(&format!("http://{mesh}/metrics"));
+    metrics
+        .lines()
+        .find(|l| l.starts_with("meshfilter_resolver_requests"))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0) as u64
+}
