@@ -8,32 +8,15 @@ use std::time::{Duration, Instant};
 
 use meshfilter_local_etcd::EtcdServer;
 
+mod common;
+use common::{etcdctl, free_port, http_get};
+
+fn stop(mesh: &mut Child) {
+    common::stop(mesh, "mesh");
+}
+
 const GLOBAL: &str = r#"{"IP":"10.7.0.10","HostIP":"172.30.0.1","ID":459009,"Key":0,"Metadata":"","K8sNamespace":"shop","K8sPodName":"web-0","SyncScope":"global"}"#;
 const REGIONAL: &str = r#"{"IP":"10.7.0.11","HostIP":"172.30.0.1","ID":459009,"Key":0,"Metadata":"","K8sNamespace":"shop","K8sPodName":"web-1","SyncScope":"regional"}"#;
-
-fn etcdctl(endpoint: &str, args: &[&str]) -> String {
-    let out = Command::new("etcdctl")
-        .env("ETCDCTL_API", "3")
-        .arg("--endpoints")
-        .arg(endpoint)
-        .args(args)
-        .output()
-        .expect("etcdctl");
-    assert!(
-        out.status.success(),
-        "etcdctl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// A local etcd, one remote cluster with a global and a regional endpoint (its node in
 /// us-east-1, the local cluster in eu-west-1), and its clustermesh directory.
@@ -114,23 +97,6 @@ fn spawn_mesh(config: &Path) -> Child {
         .stderr(Stdio::null())
         .spawn()
         .expect("start meshfilter mesh")
-}
-
-/// SIGTERM, and a clean exit.
-fn stop(mesh: &mut Child) {
-    Command::new("kill")
-        .args(["-TERM", &mesh.id().to_string()])
-        .status()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        if let Some(code) = mesh.try_wait().unwrap() {
-            assert!(code.success(), "exit status {code}");
-            return;
-        }
-        assert!(Instant::now() < deadline, "mesh did not stop on SIGTERM");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 fn wait_ready(addr: &str, what: &str) {
@@ -253,24 +219,6 @@ fn meshfilter(args: &[&str]) -> String {
         .output()
         .expect("run meshfilter");
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// A tiny HTTP/1.0 GET, enough for a local test; empty when nothing answers.
-fn http_get(url: &str) -> String {
-    use std::io::{Read, Write};
-    let rest = url.strip_prefix("http://").unwrap();
-    let (host, path) = rest.split_once('/').unwrap();
-    let Ok(mut s) = std::net::TcpStream::connect(host) else {
-        return String::new();
-    };
-    if write!(s, "GET /{path} HTTP/1.0\r\nHost: {host}\r\n\r\n").is_err() {
-        return String::new();
-    }
-    let mut body = String::new();
-    let _ = s.read_to_string(&mut body);
-    body.split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default()
 }
 
 #[test]

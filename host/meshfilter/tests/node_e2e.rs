@@ -20,6 +20,13 @@ use std::time::{Duration, Instant};
 use meshfilter_local_etcd::EtcdServer;
 use meshfilter_node::{Attachment, Datapath, DatapathConfig, Direction, MeshView, MissVerdict};
 
+mod common;
+use common::{etcdctl, free_port, http_get};
+
+fn stop(node: &mut Child) {
+    common::stop(node, "node");
+}
+
 const REGIONAL: &str = r#"{"IP":"198.51.100.7","HostIP":"203.0.113.2","ID":131073,"Key":0,"Metadata":"","K8sNamespace":"shop","K8sPodName":"db-0","SyncScope":"regional"}"#;
 const GLOBAL: &str = r#"{"IP":"198.51.100.8","HostIP":"203.0.113.2","ID":131074,"Key":0,"Metadata":"","K8sNamespace":"shop","K8sPodName":"web-0","SyncScope":"global"}"#;
 const POD_B_REGIONAL: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
@@ -36,34 +43,6 @@ fn sh(args: &[&str]) {
         "{args:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-fn etcdctl(endpoint: &str, args: &[&str]) -> String {
-    let out = Command::new("etcdctl")
-        .env("ETCDCTL_API", "3")
-        .arg("--endpoints")
-        .arg(endpoint)
-        .args(args)
-        .output()
-        .expect("etcdctl");
-    assert!(out.status.success(), "etcdctl {args:?}");
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn http_get(url: &str) -> String {
-    match ureq::get(url).timeout(Duration::from_secs(5)).call() {
-        Ok(r) => r.into_string().unwrap_or_default(),
-        Err(ureq::Error::Status(_, r)) => r.into_string().unwrap_or_default(),
-        Err(e) => format!("unreachable: {e}"),
-    }
 }
 
 /// Two pods bridged through the root namespace. Deleted on drop.
@@ -361,19 +340,6 @@ fn spawn_node(config: &Path, listen: &str) -> Child {
         std::thread::sleep(Duration::from_millis(50));
     }
     child
-}
-
-fn stop(child: &mut Child) {
-    sh(&["kill", "-TERM", &child.id().to_string()]);
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        if let Some(code) = child.try_wait().unwrap() {
-            assert!(code.success(), "exit status {code}");
-            return;
-        }
-        assert!(Instant::now() < deadline, "node did not stop on SIGTERM");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// Programs named like ours attached to `iface` (TCX ingress).
