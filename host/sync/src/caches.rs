@@ -191,14 +191,16 @@ impl IdentityCache {
 }
 
 /// What a filter sees of an ipcache entry stored under key suffix `ip`: the pair joined
-/// with its node's topology (by `HostIP`) and its identity's labels (by `ID`). `cluster`
-/// is the entry's cluster; `fallback` supplies zone and region when the node is unknown.
-pub(crate) fn endpoint_input(
+/// with its node's topology (by `HostIP`) and the pod `labels` the caller joined it with
+/// (identity labels from etcd, or the Pod's own labels from Kubernetes). `cluster` is the
+/// entry's cluster; `fallback` supplies zone and region when the node is unknown.
+/// Annotations are left empty for sources that have them to fill in.
+pub fn endpoint_input(
     ip: &str,
     pair: &meshfilter_cilium::IpIdentityPair,
     cluster: &str,
     nodes: &NodeCache,
-    identities: &IdentityCache,
+    labels: BTreeMap<String, String>,
     fallback: Option<&meshfilter_filter_runtime::Locality>,
 ) -> meshfilter_filter_runtime::EndpointInput {
     let node = pair.host_ip.and_then(|h| nodes.by_ip(&h));
@@ -209,10 +211,7 @@ pub(crate) fn endpoint_input(
         node_ip: pair.host_ip.map(|h| h.to_string()),
         identity: pair.id,
         service_account: Some(pair.k8s_service_account.clone()).filter(|s| !s.is_empty()),
-        labels: identities
-            .k8s_labels(pair.id)
-            .map(|l| (*l).clone())
-            .unwrap_or_default(),
+        labels,
         sync_scope: pair.sync_scope.clone(),
         origin: meshfilter_filter_runtime::Locality {
             cluster: cluster.to_string(),
@@ -225,5 +224,15 @@ pub(crate) fn endpoint_input(
                 .or_else(|| fallback.and_then(|f| f.region.clone())),
         },
         ..Default::default()
+    }
+}
+
+impl IdentityCache {
+    /// The `k8s` labels of identity `id` as an owned map, empty when the identity is
+    /// unknown: what [`endpoint_input`] joins an etcd entry with.
+    pub(crate) fn labels_of(&self, id: u32) -> BTreeMap<String, String> {
+        self.k8s_labels(id)
+            .map(|l| (*l).clone())
+            .unwrap_or_default()
     }
 }

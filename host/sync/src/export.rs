@@ -5,7 +5,8 @@
 //! This path reads what etcd carries: pod labels come from the endpoint's security
 //! identity (Cilium puts the pod's labels there), so `clustermesh.cilium.io/sync` works as
 //! a label; annotations (the scope annotation, namespace annotations) are not in etcd and
-//! need the Kubernetes source.
+//! need the Kubernetes source (crate `meshfilter-k8s-source`), which decides through the
+//! same [`ExportHook`].
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -13,7 +14,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use meshfilter_cilium::keys::{Resource, cluster_config_key};
 use meshfilter_cilium::{ClusterName, IpIdentityPair, KvstoreValue};
-use meshfilter_filter_runtime::{ExportDecision, FilterRuntime};
+use meshfilter_filter_runtime::{EndpointInput, ExportDecision, FilterRuntime};
 use parking_lot::Mutex;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -37,47 +38,83 @@ pub struct ExportStats {
     pub invalid: usize,
 }
 
-/// The endpoint mirror of the export side.
-pub struct ExportMirror {
-    cluster: ClusterName,
-    prefix: String,
-    canary: String,
+/// The export hook applied to endpoints: it decides each one, records the decision (for
+/// status, and for the keep-last-decision failure policy) and renders the value to publish.
+/// Both sources of `meshfilter export` decide through it, so an endpoint gets the same
+/// decision and the same bytes whichever source it comes from.
+pub struct ExportHook {
     runtime: Arc<FilterRuntime>,
-    nodes: Arc<NodeCache>,
-    identities: Arc<IdentityCache>,
     decisions: Mutex<BTreeMap<String, ExportDecision>>,
     invalid: Mutex<BTreeMap<String, String>>,
-    redecide: watch::Sender<u64>,
 }
 
-impl ExportMirror {
-    /// Decisions are made again when filters, nodes or identities change; the task merging
-    /// those signals stops with `cancel`.
-    pub fn new(
-        cluster: ClusterName,
-        runtime: Arc<FilterRuntime>,
-        nodes: Arc<NodeCache>,
-        identities: Arc<IdentityCache>,
-        cancel: CancellationToken,
-    ) -> Arc<ExportMirror> {
-        let (redecide, _) = watch::channel(0);
-        let mirror = Arc::new(ExportMirror {
-            prefix: Resource::Endpoints.source_prefix(&cluster),
-            canary: Resource::Endpoints.source_canary_key(&cluster),
-            cluster,
-            runtime: runtime.clone(),
-            nodes: nodes.clone(),
-            identities: identities.clone(),
+impl ExportHook {
+    /// Decisions by `runtime`'s current generation.
+    pub fn new(runtime: Arc<FilterRuntime>) -> ExportHook {
+        ExportHook {
+            runtime,
             decisions: Mutex::default(),
             invalid: Mutex::default(),
-            redecide,
-        });
-        crate::mirrors::merge_redecide(
-            mirror.redecide.clone(),
-            [runtime.subscribe(), nodes.version(), identities.version()],
-            cancel,
+        }
+    }
+
+    /// The filter runtime deciding.
+    pub fn runtime(&self) -> &Arc<FilterRuntime> {
+        &self.runtime
+    }
+
+    /// Decides the endpoint entry `pair`, recorded under `key`, as the filters see it in
+    /// `input`. Returns the value to publish (the pair with the decided scope in
+    /// `SyncScope`), or `None` when it must not be published. What goes out is decided by
+    /// the source's own inputs, never by a scope the pair already carries.
+    pub fn decide(
+        &self,
+        key: &str,
+        mut pair: IpIdentityPair,
+        mut input: EndpointInput,
+    ) -> Option<Bytes> {
+        self.invalid.lock().remove(key);
+        input.sync_scope = None;
+        let input = Arc::new(input);
+        let previous = self.decisions.lock().get(key).cloned();
+        let verdict = self.runtime.decide_export(&input, previous.as_ref());
+        let out = match &verdict.decision {
+            ExportDecision::Sync { scope, .. } => {
+                pair.sync_scope = Some(scope.to_field_value());
+                Some(Bytes::from(pair.to_json_bytes()))
+            }
+            ExportDecision::Skip { .. } => None,
+        };
+        self.decisions
+            .lock()
+            .insert(key.to_string(), verdict.decision);
+        out
+    }
+
+    /// Records that the source keeps endpoint `key` in without asking the filters, for
+    /// `reason` (the Kubernetes source when an endpoint's Pod is gone: there is nothing to
+    /// decide from).
+    pub fn skip(&self, key: &str, reason: &str) {
+        self.invalid.lock().remove(key);
+        self.decisions.lock().insert(
+            key.to_string(),
+            ExportDecision::Skip {
+                reason: Arc::from(reason),
+            },
         );
-        mirror
+    }
+
+    /// Records that the source entry `key` cannot be used, because of `why`, so it is not
+    /// published. True the first time, so callers log it once.
+    pub fn invalid(&self, key: &str, why: String) -> bool {
+        self.decisions.lock().remove(key);
+        self.invalid.lock().insert(key.to_string(), why).is_none()
+    }
+
+    /// Forgets `key`, gone from the source.
+    pub fn forget(&self, key: &str) {
+        self.decisions.lock().remove(key);
+        self.invalid.lock().remove(key);
     }
 
     /// What was exported and kept in, and why.
@@ -97,6 +134,51 @@ impl ExportMirror {
             }
         }
         stats
+    }
+}
+
+/// The endpoint mirror of the export side.
+pub struct ExportMirror {
+    cluster: ClusterName,
+    prefix: String,
+    canary: String,
+    hook: ExportHook,
+    nodes: Arc<NodeCache>,
+    identities: Arc<IdentityCache>,
+    redecide: watch::Sender<u64>,
+}
+
+impl ExportMirror {
+    /// Decisions are made again when filters, nodes or identities change; the task merging
+    /// those signals stops with `cancel`.
+    pub fn new(
+        cluster: ClusterName,
+        runtime: Arc<FilterRuntime>,
+        nodes: Arc<NodeCache>,
+        identities: Arc<IdentityCache>,
+        cancel: CancellationToken,
+    ) -> Arc<ExportMirror> {
+        let (redecide, _) = watch::channel(0);
+        let mirror = Arc::new(ExportMirror {
+            prefix: Resource::Endpoints.source_prefix(&cluster),
+            canary: Resource::Endpoints.source_canary_key(&cluster),
+            cluster,
+            hook: ExportHook::new(runtime.clone()),
+            nodes: nodes.clone(),
+            identities: identities.clone(),
+            redecide,
+        });
+        crate::mirrors::merge_redecide(
+            mirror.redecide.clone(),
+            [runtime.subscribe(), nodes.version(), identities.version()],
+            cancel,
+        );
+        mirror
+    }
+
+    /// What was exported and kept in, and why.
+    pub fn stats(&self) -> ExportStats {
+        self.hook.stats()
     }
 }
 
@@ -120,53 +202,31 @@ impl Mirror for ExportMirror {
     }
     fn transform(&self, source_key: &str, value: &Bytes) -> Option<Bytes> {
         let suffix = source_key.strip_prefix(&self.prefix)?;
-        let mut pair = match IpIdentityPair::parse(&self.cluster, suffix, value) {
+        let pair = match IpIdentityPair::parse(&self.cluster, suffix, value) {
             Ok(p) => p,
             Err(e) => {
-                if self
-                    .invalid
-                    .lock()
-                    .insert(suffix.to_string(), e.to_string())
-                    .is_none()
-                {
+                if self.hook.invalid(suffix, e.to_string()) {
                     tracing::warn!(cluster = %self.cluster, key = source_key, error = %e, "skipping invalid ipcache entry");
                 }
                 return None;
             }
         };
-        self.invalid.lock().remove(suffix);
-        let local = self.runtime.local();
-        let mut input = crate::caches::endpoint_input(
+        let local = self.hook.runtime().local();
+        let input = crate::caches::endpoint_input(
             suffix,
             &pair,
             &local.cluster,
             &self.nodes,
-            &self.identities,
+            self.identities.labels_of(pair.id),
             Some(local),
         );
-        // What goes out is decided by the source's own pod labels, never a stale scope.
-        input.sync_scope = None;
-        let input = Arc::new(input);
-        let previous = self.decisions.lock().get(suffix).cloned();
-        let verdict = self.runtime.decide_export(&input, previous.as_ref());
-        let out = match &verdict.decision {
-            ExportDecision::Sync { scope, .. } => {
-                pair.sync_scope = Some(scope.to_field_value());
-                Some(Bytes::from(pair.to_json_bytes()))
-            }
-            ExportDecision::Skip { .. } => None,
-        };
-        self.decisions
-            .lock()
-            .insert(suffix.to_string(), verdict.decision);
-        out
+        self.hook.decide(suffix, pair, input)
     }
     fn observe(&self, source_key: &str, value: Option<&Bytes>) {
         if value.is_none()
             && let Some(suffix) = source_key.strip_prefix(&self.prefix)
         {
-            self.decisions.lock().remove(suffix);
-            self.invalid.lock().remove(suffix);
+            self.hook.forget(suffix);
         }
     }
     fn redecide(&self) -> Option<watch::Receiver<u64>> {

@@ -5,7 +5,9 @@
 //!
 //! The pieces: [`EtcdConfig`] reads Cilium's clustermesh connection files; [`Backoff`]
 //! spreads reconnects; [`TargetWriter`] batches writes into transactions under leases;
-//! [`Reflector`] runs list, watch, re-list and garbage collection for one [`Mirror`];
+//! [`TargetKeys`] converges the keys of one target prefix; [`Reflector`] runs list, watch,
+//! re-list and garbage collection for one [`Mirror`]; [`ExportHook`] turns endpoints into
+//! what `meshfilter export` publishes, whichever source they come from;
 //! [`RemoteCluster`] runs the reflectors of one remote cluster the way kvstoremesh does.
 
 mod backoff;
@@ -18,16 +20,18 @@ mod mirrors;
 mod reflector;
 mod remote;
 mod resolve;
+mod target;
 mod writer;
 
 pub use backoff::Backoff;
-pub use caches::{IdentityCache, NodeCache, NodeInfo};
+pub use caches::{IdentityCache, NodeCache, NodeInfo, endpoint_input};
 pub use error::SyncError;
 pub use etcd::EtcdConfig;
-pub use export::{ExportCluster, ExportMirror, ExportStats, ExportStatusHandle};
+pub use export::{ExportCluster, ExportHook, ExportMirror, ExportStats, ExportStatusHandle};
 pub use lock::LeaderLock;
 pub use mirrors::{Explanation, ImportMirror, ImportStats, RecordedDecision, VerbatimMirror};
 pub use reflector::{Mirror, Reflector, ReflectorStatus};
 pub use remote::{RemoteCluster, RemoteStatus, RemoteStatusHandle};
 pub use resolve::{ResolveError, Resolved, Resolver, ResolverStats};
+pub use target::TargetKeys;
 pub use writer::{TargetWriter, WriteOp, WriterConfig};

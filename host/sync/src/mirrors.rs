@@ -330,7 +330,7 @@ impl ImportMirror {
             pair,
             self.cluster.as_str(),
             &self.nodes,
-            &self.identities,
+            self.identities.labels_of(pair.id),
             None,
         )
     }

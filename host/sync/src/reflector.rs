@@ -16,7 +16,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use bytes::Bytes;
 use etcd_client::{Client, EventType, GetOptions, WatchOptions};
@@ -26,7 +26,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
 use crate::error::SyncError;
-use crate::writer::{TargetWriter, WriteOp};
+use crate::target::TargetKeys;
+use crate::writer::TargetWriter;
 
 /// Keys per list page. etcd 3.4 counts the whole range for every page, so small pages
 /// over a large prefix are slow; large pages keep a 500K-key list to a few requests.
@@ -86,7 +87,7 @@ pub struct Reflector<M: Mirror> {
     status: Arc<Mutex<ReflectorStatus>>,
     synced: watch::Sender<bool>,
     source_map: HashMap<String, Bytes>,
-    written: HashMap<String, Bytes>,
+    target: TargetKeys,
     pinned_cluster_id: Option<u64>,
     backoff: Backoff,
     /// Set when a write may have failed half-way: re-read the target before converging.
@@ -103,6 +104,7 @@ impl<M: Mirror> Reflector<M> {
         backoff: Backoff,
     ) -> Self {
         let (synced, _) = watch::channel(false);
+        let target = TargetKeys::new(writer.clone(), mirror.target_prefix());
         Reflector {
             cluster: cluster.to_string(),
             source,
@@ -111,7 +113,7 @@ impl<M: Mirror> Reflector<M> {
             status: Arc::default(),
             synced,
             source_map: HashMap::new(),
-            written: HashMap::new(),
+            target,
             pinned_cluster_id: None,
             backoff,
             target_unknown: false,
@@ -136,7 +138,7 @@ impl<M: Mirror> Reflector<M> {
         if let Some(r) = redecide.as_mut() {
             r.mark_unchanged();
         }
-        if let Err(e) = self.adopt_target().await {
+        if let Err(e) = self.target.adopt().await {
             tracing::warn!(cluster = %self.cluster, resource = %self.mirror.name(), error = %e, "cannot list what an earlier run wrote; it will be collected later");
         }
         while !cancel.is_cancelled() {
@@ -164,23 +166,6 @@ impl<M: Mirror> Reflector<M> {
         tracing::debug!(cluster = %self.cluster, resource = %self.mirror.name(), "reflector stopped");
     }
 
-    /// Takes over the target keys an earlier run left, so a re-list collects stale ones.
-    async fn adopt_target(&mut self) -> Result<(), SyncError> {
-        let mut kv = self.writer.client().kv_client();
-        let prefix = self.mirror.target_prefix().to_string();
-        let resp = kv
-            .get(prefix.as_bytes(), Some(GetOptions::new().with_prefix()))
-            .await
-            .map_err(SyncError::etcd("local"))?;
-        for kv in resp.kvs() {
-            if let Ok(key) = kv.key_str() {
-                self.written
-                    .insert(key.to_string(), Bytes::copy_from_slice(kv.value()));
-            }
-        }
-        Ok(())
-    }
-
     /// One list, then watch until something breaks. `Ok` asks for an immediate re-list.
     async fn cycle(
         &mut self,
@@ -190,8 +175,7 @@ impl<M: Mirror> Reflector<M> {
     ) -> Result<(), SyncError> {
         let revision = self.list().await?;
         if std::mem::take(&mut self.target_unknown) {
-            self.written.clear();
-            self.adopt_target().await?;
+            self.target.adopt().await?;
         }
         self.converge_all().await?;
         if !*self.synced.borrow() {
@@ -199,7 +183,7 @@ impl<M: Mirror> Reflector<M> {
             self.synced.send_replace(true);
             self.status.lock().synced = true;
             tracing::info!(cluster = %self.cluster, resource = %self.mirror.name(),
-                entries = self.source_map.len(), written = self.written.len(), "initial sync complete");
+                entries = self.source_map.len(), written = self.target.len(), "initial sync complete");
         }
         self.backoff.reset();
         self.status.lock().last_error = None;
@@ -359,51 +343,34 @@ impl<M: Mirror> Reflector<M> {
                 .filter_map(|(k, v)| Some((mirror.target_key(k)?, mirror.transform(k, v)?)))
                 .collect()
         });
-        let mut ops = Vec::new();
-        for (key, value) in &desired {
-            if self.written.get(key) != Some(value) {
-                ops.push(WriteOp::Put {
-                    key: key.clone(),
-                    value: value.clone(),
-                });
-            }
-        }
-        for key in self.written.keys() {
-            if !desired.contains_key(key) {
-                ops.push(WriteOp::Delete { key: key.clone() });
-            }
-        }
-        self.write(ops).await
+        let written = self.target.converge_all(&desired).await;
+        self.status.lock().target_entries = self.target.len();
+        written
     }
 
     /// Decides the given source keys again and writes the difference.
     async fn converge_keys(&mut self, keys: Vec<String>) -> Result<(), SyncError> {
         let mirror = self.mirror.clone();
-        let ops: Vec<WriteOp> = tokio::task::block_in_place(|| {
+        let wanted: Vec<(String, Option<Bytes>)> = tokio::task::block_in_place(|| {
             keys.iter()
                 .filter_map(|k| {
                     let target = mirror.target_key(k)?;
-                    let desired = self.source_map.get(k).and_then(|v| mirror.transform(k, v));
-                    match (desired, self.written.get(&target)) {
-                        (Some(v), Some(w)) if v == *w => None,
-                        (Some(v), _) => Some(WriteOp::Put {
-                            key: target,
-                            value: v,
-                        }),
-                        (None, Some(_)) => Some(WriteOp::Delete { key: target }),
-                        (None, None) => None,
-                    }
+                    Some((
+                        target,
+                        self.source_map.get(k).and_then(|v| mirror.transform(k, v)),
+                    ))
                 })
                 .collect()
         });
-        self.write(ops).await
+        let written = self.target.converge(wanted).await;
+        self.status.lock().target_entries = self.target.len();
+        written
     }
 
     /// After a lost lease the target no longer holds what `written` says: read what it
     /// does hold, then converge (which writes everything missing, canary included).
     async fn resync_target(&mut self) -> Result<(), SyncError> {
-        self.written.clear();
-        self.adopt_target().await?;
+        self.target.adopt().await?;
         self.converge_all().await?;
         if *self.synced.borrow() {
             self.write_canary().await?;
@@ -411,36 +378,11 @@ impl<M: Mirror> Reflector<M> {
         Ok(())
     }
 
-    async fn write(&mut self, ops: Vec<WriteOp>) -> Result<(), SyncError> {
-        if ops.is_empty() {
-            return Ok(());
-        }
-        self.writer.apply(&ops).await?;
-        for op in ops {
-            match op {
-                WriteOp::Put { key, value } => {
-                    self.written.insert(key, value);
-                }
-                WriteOp::Delete { key } => {
-                    self.written.remove(&key);
-                }
-            }
-        }
-        self.status.lock().target_entries = self.written.len();
-        Ok(())
-    }
-
     async fn write_canary(&self) -> Result<(), SyncError> {
-        let Some(key) = self.mirror.canary_key() else {
-            return Ok(());
-        };
-        let now = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
-        self.writer
-            .apply(&[WriteOp::Put {
-                key: key.to_string(),
-                value: Bytes::from(now),
-            }])
-            .await
+        match self.mirror.canary_key() {
+            Some(key) => self.writer.write_canary(key).await,
+            None => Ok(()),
+        }
     }
 }
 

@@ -119,6 +119,22 @@ impl TargetWriter {
         self.client.clone()
     }
 
+    /// The name it was given, for logs and errors.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Writes the sync canary `key` (the current time, RFC 3339, under a lease): the
+    /// signal that everything queued before it is written (Cilium's `SyncStore.Synced`).
+    pub async fn write_canary(&self, key: &str) -> Result<(), SyncError> {
+        let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+        self.apply(&[WriteOp::Put {
+            key: key.to_string(),
+            value: Bytes::from(now),
+        }])
+        .await
+    }
+
     /// Applies `ops` in transactions of bounded size. Order is kept.
     pub async fn apply(&self, ops: &[WriteOp]) -> Result<(), SyncError> {
         let mut start = 0;
