@@ -6,8 +6,9 @@
 //!   `clustermesh.cilium.io/global` decides, and without that the configured default:
 //!   `opt-in` (the CFP: nothing syncs unless asked) or `opt-out` (stock Cilium: everything
 //!   syncs). An opted-in pod travels as far as its `clustermesh.cilium.io/sync-scope`
-//!   annotation (or label) says: absent is global; `regional`, `zone`, `cluster` or a list of
-//!   regions narrow it. A bad value skips the pod, as the CFP PoC does, and logs a warning.
+//!   annotation (or label) says, or, when it says nothing, the same annotation on its
+//!   namespace: absent is global; `regional`, `zone`, `cluster` or a list of regions narrow
+//!   it. A bad value skips the pod, as the CFP PoC does, and logs a warning.
 //! - **Import** (CFP Part C, generalised to every scope): keep the remote endpoint when its
 //!   scope admits this cluster. An unparsable scope is kept (fail open, like the CFP's
 //!   regional filter).
@@ -171,11 +172,18 @@ impl CfpScope {
     }
 }
 
-/// The export decision for an opted-in pod: its scope decides.
+/// The export decision for an opted-in pod: its scope decides, and without one its
+/// namespace's default scope.
 fn scoped_export(endpoint: &Endpoint, opted_in: OptedIn) -> ExportDecision {
     let (raw, source) = match endpoint.annotation(SYNC_SCOPE) {
         Some(value) => (Some(value), "annotation"),
-        None => (endpoint.label(SYNC_SCOPE), "label"),
+        None => match endpoint.label(SYNC_SCOPE) {
+            Some(value) => (Some(value), "label"),
+            None => (
+                endpoint.namespace_annotation(SYNC_SCOPE),
+                "namespace annotation",
+            ),
+        },
     };
     let OptedIn(why) = opted_in;
     let given = raw.as_deref().is_some_and(|r| !r.trim().is_empty());

@@ -203,6 +203,37 @@ fn export_follows_cfp_opt_in() {
             skip(r#"invalid label clustermesh.cilium.io/sync-scope "a,,b""#),
         ),
         (
+            "namespace default scope",
+            "null",
+            opted_in().namespace_annotation(SCOPE, "regional"),
+            sync(Scope::Region, &format!("{label_in}, scope regional")),
+        ),
+        (
+            "the pod's scope beats its namespace's",
+            "null",
+            opted_in()
+                .namespace_annotation(SCOPE, "regional")
+                .label(SCOPE, "zone"),
+            sync(Scope::Zone, &format!("{label_in}, scope zone")),
+        ),
+        (
+            "namespace opt-in with its default scope",
+            "null",
+            pod()
+                .namespace_annotation(NAMESPACE_GLOBAL, "true")
+                .namespace_annotation(SCOPE, "zone"),
+            sync(
+                Scope::Zone,
+                "namespace annotation clustermesh.cilium.io/global=true, scope zone",
+            ),
+        ),
+        (
+            "bad namespace scope",
+            "null",
+            opted_in().namespace_annotation(SCOPE, "everywhere!"),
+            skip(r#"invalid namespace annotation clustermesh.cilium.io/sync-scope "everywhere!""#),
+        ),
+        (
             "opted-out pods ignore scope",
             "null",
             pod().label(SYNC, "false").annotation(SCOPE, "bogus!"),
@@ -263,6 +294,15 @@ fn export_reads_only_what_decides() {
         ),
         (
             opted_in(),
+            vec![
+                format!("label({SYNC})"),
+                format!("annotation({SCOPE})"),
+                format!("label({SCOPE})"),
+                format!("namespace_annotation({SCOPE})"),
+            ],
+        ),
+        (
+            opted_in().label(SCOPE, "zone"),
             vec![
                 format!("label({SYNC})"),
                 format!("annotation({SCOPE})"),
