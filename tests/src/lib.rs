@@ -161,3 +161,16 @@ pub async fn writer_into(
     );
     (client, writer)
 }
+
+/// Polls the async `check` until it passes or 20 s pass; panics with `what` and the last
+/// failure then.
+pub async fn eventually(what: &str, mut check: impl AsyncFnMut() -> Result<(), String>) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match check().await {
+            Ok(()) => return,
+            Err(e) if Instant::now() > deadline => panic!("{what}: {e}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+}
