@@ -16,9 +16,8 @@ use bytes::Bytes;
 use etcd_client::GetOptions;
 use meshfilter_cilium::ClusterName;
 use meshfilter_filter_runtime::Locality;
-use meshfilter_k8s_source::kube;
 use meshfilter_k8s_source::{
-    KubernetesExport, KubernetesStatus, KubernetesStatusHandle, LocalCluster,
+    ApiAccess, KubernetesExport, KubernetesStatus, KubernetesStatusHandle, LocalCluster,
 };
 use meshfilter_sync::Backoff;
 use meshfilter_tests::cilium_data::{list, put_all};
@@ -71,7 +70,8 @@ type Resources = Arc<Mutex<BTreeMap<&'static str, Served>>>;
 
 /// A Kubernetes API server that answers from recordings. A list request gets the recorded
 /// list; a watch request stays open and gets the events the test pushes. Requests that ask
-/// for metadata only get what a kube-apiserver sends then: `PartialObjectMetadata`.
+/// for metadata only get what a kube-apiserver sends then: `PartialObjectMetadata`. Requests
+/// without the kubeconfig's bearer token are refused.
 struct RecordedApi {
     url: String,
     resources: Resources,
@@ -114,10 +114,23 @@ impl RecordedApi {
         }
     }
 
-    /// A kube client for this server, as `kube::Config` would build it for any API server.
-    fn client(&self) -> kube::Client {
-        let config = kube::Config::new(self.url.parse().unwrap());
-        kube::Client::try_from(config).unwrap()
+    /// A kubeconfig in `dir` whose context `recorded` points at this server; its current
+    /// context points at a port nothing listens on.
+    fn kubeconfig(&self, dir: &std::path::Path) -> std::path::PathBuf {
+        let path = dir.join("kubeconfig");
+        let text = format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: elsewhere\n\
+             clusters:\n\
+             - {{name: recorded, cluster: {{server: \"{}\"}}}}\n\
+             - {{name: elsewhere, cluster: {{server: \"http://127.0.0.1:1\"}}}}\n\
+             users:\n- {{name: exporter, user: {{token: test-token}}}}\n\
+             contexts:\n\
+             - {{name: recorded, context: {{cluster: recorded, user: exporter}}}}\n\
+             - {{name: elsewhere, context: {{cluster: elsewhere, user: exporter}}}}\n",
+            self.url
+        );
+        std::fs::write(&path, text).unwrap();
+        path
     }
 
     fn with<T>(&self, path: &str, f: impl FnOnce(&mut Served) -> T) -> T {
@@ -184,6 +197,15 @@ async fn answer(State(resources): State<Resources>, uri: Uri, headers: HeaderMap
         .unwrap_or_default()
         .split('&')
         .any(|p| p == "watch=true");
+    if headers
+        .get(header::AUTHORIZATION)
+        .and_then(|a| a.to_str().ok())
+        != Some("Bearer test-token")
+    {
+        let status = json!({"kind": "Status", "apiVersion": "v1", "metadata": {},
+            "status": "Failure", "reason": "Unauthorized", "code": 401, "message": "Unauthorized"});
+        return (StatusCode::UNAUTHORIZED, axum::Json(status)).into_response();
+    }
     let mut resources = resources.lock().unwrap();
     let Some(served) = resources.get_mut(uri.path()) else {
         let status = json!({"kind": "Status", "apiVersion": "v1", "metadata": {},
@@ -233,6 +255,7 @@ fn partial_event(event: &Value) -> Value {
 /// A running export of the recorded cluster `prod-eu-1` (cluster ID 7) into `etcd`.
 struct Export {
     api: RecordedApi,
+    _dir: tempfile::TempDir,
     etcd: etcd_client::Client,
     status: KubernetesStatusHandle,
     cancel: CancellationToken,
@@ -242,6 +265,13 @@ struct Export {
 impl Export {
     async fn start(etcd: &EtcdServer) -> Export {
         let api = RecordedApi::start().await;
+        // The client is built the way `meshfilter export` builds it from its config.
+        let dir = tempfile::tempdir().unwrap();
+        let access = ApiAccess::Kubeconfig {
+            path: Some(api.kubeconfig(dir.path())),
+            context: Some("recorded".into()),
+        };
+        let kube_client = access.client().await.unwrap();
         let cancel = CancellationToken::new();
         let (client, writer) = writer_into(etcd, "export", &cancel).await;
         let runtime = cfp_scope_runtime(Locality {
@@ -255,7 +285,7 @@ impl Export {
                 id: 7,
                 max_connected_clusters: 255,
             },
-            api.client(),
+            kube_client,
             writer,
             runtime,
             Backoff::new(Duration::from_millis(50), Duration::from_millis(500)),
@@ -264,6 +294,7 @@ impl Export {
         let task = tokio::spawn(export.run(cancel.clone()));
         let export = Export {
             api,
+            _dir: dir,
             etcd: client,
             status,
             cancel,

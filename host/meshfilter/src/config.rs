@@ -1,4 +1,5 @@
-//! The typed config file of `meshfilter mesh`, validated once at start.
+//! The typed config files of `meshfilter mesh` and `meshfilter export`, validated once at
+//! start.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -6,7 +7,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use meshfilter_cilium::ClusterName;
+use meshfilter_cilium::identity::DEFAULT_MAX_CONNECTED_CLUSTERS;
 use meshfilter_filter_runtime::Locality;
+use meshfilter_k8s_source::{ApiAccess, LocalCluster};
 use meshfilter_sync::EtcdConfig;
 use serde::Deserialize;
 
@@ -125,14 +128,13 @@ pub struct FiltersSection {
 
 impl ClusterSection {
     /// Checks the name against Cilium's rules.
-    fn validate(&self) -> anyhow::Result<()> {
+    fn validate(&self) -> anyhow::Result<ClusterName> {
         ClusterName::new(self.name.clone()).with_context(|| {
             format!(
                 "cluster.name: {:?} is not a valid Cilium cluster name",
                 self.name
             )
-        })?;
-        Ok(())
+        })
     }
 
     /// This cluster's locality.
@@ -193,21 +195,120 @@ impl MeshConfig {
     }
 }
 
-/// `meshfilter export --config <file>`.
+/// `meshfilter export --config <file>`, as written.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct ExportFile {
+    cluster: ClusterSection,
+    #[serde(default)]
+    source_etcd: Option<EtcdConfig>,
+    #[serde(default)]
+    kubernetes: Option<KubernetesSection>,
+    export_etcd: EtcdConfig,
+    #[serde(default)]
+    filters: FiltersSection,
+    #[serde(default = "default_listen")]
+    listen: SocketAddr,
+}
+
+/// `kubernetes`: how `meshfilter export` reaches the API server (in-cluster, through the
+/// pod's service account, unless a kubeconfig or context is given), and what Kubernetes
+/// does not say about the cluster.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct KubernetesSection {
+    /// Cilium's cluster ID (`cluster-id`, Helm `cluster.id`): the cluster config and the
+    /// node records carry it.
+    #[serde(rename = "clusterID")]
+    pub cluster_id: u32,
+    /// Cilium's `max-connected-clusters`, 255 (default) or 511.
+    #[serde(default = "default_max_connected_clusters")]
+    pub max_connected_clusters: u32,
+    /// A kubeconfig file instead of the in-cluster config.
+    #[serde(default)]
+    pub kubeconfig: Option<PathBuf>,
+    /// A context of the kubeconfig (`$KUBECONFIG` or `~/.kube/config` when no file is
+    /// given) instead of its current context.
+    #[serde(default)]
+    pub context: Option<String>,
+}
+
+fn default_max_connected_clusters() -> u32 {
+    DEFAULT_MAX_CONNECTED_CLUSTERS
+}
+
+impl KubernetesSection {
+    /// Validates the section into the API access and the cluster the export writes.
+    fn validate(self, name: ClusterName) -> anyhow::Result<ExportSource> {
+        let max = self.max_connected_clusters;
+        if max != 255 && max != 511 {
+            bail!("kubernetes.maxConnectedClusters: {max} is neither 255 nor 511");
+        }
+        if !(1..=max).contains(&self.cluster_id) {
+            bail!(
+                "kubernetes.clusterID: {} is outside 1..={max}",
+                self.cluster_id
+            );
+        }
+        if let Some(path) = &self.kubeconfig
+            && !path.is_file()
+        {
+            bail!("kubernetes.kubeconfig: {} is not a file", path.display());
+        }
+        if self.context.as_deref() == Some("") {
+            bail!("kubernetes.context: empty; leave it out for the current context");
+        }
+        let access = match (self.kubeconfig, self.context) {
+            (None, None) => ApiAccess::InCluster,
+            (path, context) => ApiAccess::Kubeconfig { path, context },
+        };
+        let cluster = LocalCluster {
+            name,
+            id: self.cluster_id,
+            max_connected_clusters: max,
+        };
+        Ok(ExportSource::Kubernetes { access, cluster })
+    }
+}
+
+/// Where `meshfilter export` reads the cluster's endpoints.
+#[derive(Debug, Clone)]
+pub enum ExportSource {
+    /// The unfiltered clustermesh etcd (what a clustermesh-apiserver writes).
+    Etcd(EtcdConfig),
+    /// The Kubernetes API: CiliumEndpoints, Pods, Namespaces, CiliumNodes.
+    Kubernetes {
+        /// How to reach the API server.
+        access: ApiAccess,
+        /// The cluster's ID and mesh size, for what the export writes.
+        cluster: LocalCluster,
+    },
+}
+
+impl ExportSource {
+    /// `etcd` or `kubernetes`, for logs, status and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ExportSource::Etcd(_) => "etcd",
+            ExportSource::Kubernetes { .. } => "kubernetes",
+        }
+    }
+}
+
+/// `meshfilter export --config <file>`, validated.
+#[derive(Debug, Clone)]
 pub struct ExportConfig {
     /// This cluster: its name, zone and region.
     pub cluster: ClusterSection,
-    /// The unfiltered clustermesh etcd (what a clustermesh-apiserver writes).
-    pub source_etcd: EtcdConfig,
+    /// This cluster's name, checked.
+    pub cluster_name: ClusterName,
+    /// Where endpoints come from: `sourceEtcd` or `kubernetes`, exactly one.
+    pub source: ExportSource,
     /// The etcd remote clusters read (needs write access).
     pub export_etcd: EtcdConfig,
     /// Filter modules.
-    #[serde(default)]
     pub filters: FiltersSection,
     /// Address of the HTTP endpoint (`/metrics`, `/healthz`, `/readyz`, `/status`).
-    #[serde(default = "default_listen")]
     pub listen: SocketAddr,
 }
 
@@ -216,25 +317,155 @@ impl ExportConfig {
     pub fn load(path: &Path) -> anyhow::Result<ExportConfig> {
         let text =
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        let config: ExportConfig = serde_yaml::from_str(&text)
-            .with_context(|| format!("invalid config {}", path.display()))?;
-        config.cluster.validate()?;
-        for (field, etcd) in [
-            ("sourceEtcd", &config.source_etcd),
-            ("exportEtcd", &config.export_etcd),
-        ] {
-            if etcd.endpoints.is_empty() {
-                bail!("{field}.endpoints: at least one endpoint is required");
+        ExportConfig::parse(&text).with_context(|| format!("invalid config {}", path.display()))
+    }
+
+    /// Parses and validates config text; errors name the field and the bad value.
+    pub fn parse(text: &str) -> anyhow::Result<ExportConfig> {
+        let file: ExportFile = serde_yaml::from_str(text)?;
+        let cluster_name = file.cluster.validate()?;
+        if file.export_etcd.endpoints.is_empty() {
+            bail!("exportEtcd.endpoints: at least one endpoint is required");
+        }
+        let source = match (file.source_etcd, file.kubernetes) {
+            (Some(_), Some(_)) => {
+                bail!("sourceEtcd, kubernetes: give one source, not both")
             }
-        }
-        if config.source_etcd.endpoints == config.export_etcd.endpoints {
-            bail!("exportEtcd: must be another etcd than sourceEtcd");
-        }
-        Ok(config)
+            (None, None) => {
+                bail!("sourceEtcd or kubernetes: a source is required")
+            }
+            (Some(etcd), None) => {
+                if etcd.endpoints.is_empty() {
+                    bail!("sourceEtcd.endpoints: at least one endpoint is required");
+                }
+                if etcd.endpoints == file.export_etcd.endpoints {
+                    bail!("exportEtcd: must be another etcd than sourceEtcd");
+                }
+                ExportSource::Etcd(etcd)
+            }
+            (None, Some(kubernetes)) => kubernetes.validate(cluster_name.clone())?,
+        };
+        Ok(ExportConfig {
+            cluster: file.cluster,
+            cluster_name,
+            source,
+            export_etcd: file.export_etcd,
+            filters: file.filters,
+            listen: file.listen,
+        })
     }
 
     /// This cluster's locality.
     pub fn locality(&self) -> Locality {
         self.cluster.locality()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXPORT: &str = "exportEtcd: {endpoints: [http://127.0.0.1:2479]}\n";
+
+    fn export(text: &str) -> anyhow::Result<ExportConfig> {
+        ExportConfig::parse(&format!("cluster: {{name: prod-eu-1}}\n{text}{EXPORT}"))
+    }
+
+    #[test]
+    fn export_reads_from_etcd_or_kubernetes() {
+        let etcd = export("sourceEtcd: {endpoints: [http://127.0.0.1:2379]}\n").unwrap();
+        assert!(matches!(etcd.source, ExportSource::Etcd(_)));
+        assert_eq!(etcd.source.kind(), "etcd");
+
+        let in_cluster = export("kubernetes: {clusterID: 7}\n").unwrap();
+        assert_eq!(in_cluster.source.kind(), "kubernetes");
+        let ExportSource::Kubernetes { access, cluster } = in_cluster.source else {
+            unreachable!()
+        };
+        assert_eq!(access, ApiAccess::InCluster);
+        assert_eq!(cluster.name.as_str(), "prod-eu-1");
+        assert_eq!((cluster.id, cluster.max_connected_clusters), (7, 255));
+
+        let dir = tempfile::tempdir().unwrap();
+        let kubeconfig = dir.path().join("kubeconfig");
+        std::fs::write(&kubeconfig, "apiVersion: v1\nkind: Config\n").unwrap();
+        let with_context = export(&format!(
+            "kubernetes: {{clusterID: 300, maxConnectedClusters: 511, kubeconfig: {}, context: east}}\n",
+            kubeconfig.display()
+        ))
+        .unwrap();
+        let ExportSource::Kubernetes { access, cluster } = with_context.source else {
+            unreachable!()
+        };
+        assert_eq!(
+            access,
+            ApiAccess::Kubeconfig {
+                path: Some(kubeconfig),
+                context: Some("east".into())
+            }
+        );
+        assert_eq!(cluster.id, 300);
+        let context_only = export("kubernetes: {clusterID: 7, context: west}\n").unwrap();
+        let ExportSource::Kubernetes { access, .. } = context_only.source else {
+            unreachable!()
+        };
+        assert_eq!(
+            access,
+            ApiAccess::Kubeconfig {
+                path: None,
+                context: Some("west".into())
+            }
+        );
+    }
+
+    #[test]
+    fn export_errors_name_the_field() {
+        let source = "sourceEtcd: {endpoints: [http://127.0.0.1:2379]}\n";
+        for (text, field) in [
+            (
+                String::new(),
+                "sourceEtcd or kubernetes: a source is required",
+            ),
+            (
+                format!("{source}kubernetes: {{clusterID: 1}}\n"),
+                "sourceEtcd, kubernetes: give one source",
+            ),
+            ("kubernetes: {}\n".into(), "missing field `clusterID`"),
+            (
+                "kubernetes: {clusterID: 256}\n".into(),
+                "kubernetes.clusterID: 256 is outside 1..=255",
+            ),
+            (
+                "kubernetes: {clusterID: 0}\n".into(),
+                "kubernetes.clusterID: 0",
+            ),
+            (
+                "kubernetes: {clusterID: 1, maxConnectedClusters: 300}\n".into(),
+                "kubernetes.maxConnectedClusters: 300",
+            ),
+            (
+                "kubernetes: {clusterID: 1, kubeconfig: /nonexistent/kubeconfig}\n".into(),
+                "kubernetes.kubeconfig: /nonexistent/kubeconfig is not a file",
+            ),
+            (
+                "kubernetes: {clusterID: 1, context: ''}\n".into(),
+                "kubernetes.context: empty",
+            ),
+            (
+                "kubernetes: {clusterID: 1, namespace: x}\n".into(),
+                "unknown field `namespace`",
+            ),
+            (
+                "sourceEtcd: {endpoints: []}\n".into(),
+                "sourceEtcd.endpoints",
+            ),
+            (
+                "sourceEtcd: {endpoints: [http://127.0.0.1:2479]}\n".into(),
+                "exportEtcd: must be another etcd",
+            ),
+        ] {
+            let e = format!("{:#}", export(&text).unwrap_err());
+            assert!(e.contains(field), "{text}: {e}");
+        }
     }
 }
