@@ -19,10 +19,10 @@ use meshfilter_filter_runtime::Locality;
 use meshfilter_k8s_source::{
     ApiAccess, KubernetesExport, KubernetesStatus, KubernetesStatusHandle, LocalCluster,
 };
-use meshfilter_sync::Backoff;
+use meshfilter_sync::{Backoff, TargetWriter, WriterConfig};
 use meshfilter_tests::cilium_data::{list, put_all};
 use meshfilter_tests::etcd::EtcdServer;
-use meshfilter_tests::{cfp_scope_runtime, eventually, writer_into};
+use meshfilter_tests::{cfp_scope_runtime, eventually};
 use serde_json::{Value, json};
 use std::sync::Mutex;
 use tokio::sync::mpsc;
@@ -263,7 +263,13 @@ struct Export {
 }
 
 impl Export {
+    /// Starts exporting with the writer's default leases.
     async fn start(etcd: &EtcdServer) -> Export {
+        Export::start_with(etcd, WriterConfig::default()).await
+    }
+
+    /// Starts exporting through a writer configured by `writer_config`.
+    async fn start_with(etcd: &EtcdServer, writer_config: WriterConfig) -> Export {
         let api = RecordedApi::start().await;
         // The client is built the way `meshfilter export` builds it from its config.
         let dir = tempfile::tempdir().unwrap();
@@ -273,7 +279,10 @@ impl Export {
         };
         let kube_client = access.client().await.unwrap();
         let cancel = CancellationToken::new();
-        let (client, writer) = writer_into(etcd, "export", &cancel).await;
+        let client = etcd_client::Client::connect([etcd.endpoint()], None)
+            .await
+            .unwrap();
+        let writer = TargetWriter::new(client.clone(), "export", writer_config, cancel.clone());
         let runtime = cfp_scope_runtime(Locality {
             cluster: "prod-eu-1".into(),
             zone: Some("eu-west-1a".into()),
@@ -613,5 +622,45 @@ async fn gone_watch_relists_and_sweeps_what_vanished() {
 
     // The watch resumes after the relist.
     export.api.wait_watching(CEPS).await;
+    export.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_of_a_lost_lease_are_written_again() {
+    let etcd = EtcdServer::start("export");
+    let writer_config = WriterConfig {
+        lease_ttl: Duration::from_secs(3),
+        ..WriterConfig::default()
+    };
+    let export = Export::start_with(&etcd, writer_config).await;
+    let before: BTreeMap<String, String> =
+        list(&export.etcd, "cilium/").await.into_iter().collect();
+    assert_eq!(before.len(), 6 + 4 + 2 + 1 + 4, "{before:?}");
+
+    // Revoke every lease behind the writer's back: every key vanishes with them.
+    let mut leases = export.etcd.lease_client();
+    for lease in leases.leases().await.unwrap().leases() {
+        leases.revoke(lease.id()).await.unwrap();
+    }
+    assert!(list(&export.etcd, "cilium/").await.is_empty());
+
+    // Entries, identities, nodes, the cluster config and the canaries come back.
+    eventually("written again under a new lease", async || {
+        let after: BTreeMap<String, String> =
+            list(&export.etcd, "cilium/").await.into_iter().collect();
+        let keys = |m: &BTreeMap<String, String>| m.keys().cloned().collect::<Vec<_>>();
+        if keys(&after) == keys(&before) {
+            Ok(())
+        } else {
+            Err(format!("{:?}", keys(&after)))
+        }
+    })
+    .await;
+    let after: BTreeMap<String, String> = list(&export.etcd, "cilium/").await.into_iter().collect();
+    for (key, value) in &before {
+        if !key.starts_with("cilium/synced/") {
+            assert_eq!(&after[key], value, "{key}");
+        }
+    }
     export.stop().await;
 }
