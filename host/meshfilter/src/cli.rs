@@ -72,6 +72,27 @@ pub enum BenchCommand {
     /// Bootstrap time and peak RSS of one `meshfilter mesh` against many remote clusters
     /// on real etcd, next to the raw batched etcd write rate.
     Mesh(BenchMeshArgs),
+    /// The miss path: per-packet cost of the classifier, miss-to-installed latency from
+    /// the local cache and from a remote cluster through `meshfilter mesh`, and the
+    /// event rate at which the node agent saturates. Needs root.
+    Node(BenchNodeArgs),
+}
+
+/// `bench node`
+#[derive(Debug, Args)]
+pub struct BenchNodeArgs {
+    /// Misses per latency phase (entries in the local cache).
+    #[arg(long, default_value_t = 2_000)]
+    pub addresses: u32,
+    /// Misses resolved from the remote cluster (at most `--addresses`).
+    #[arg(long, default_value_t = 500)]
+    pub remote_addresses: u32,
+    /// Time between two misses in the latency phases.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "1ms")]
+    pub interval: std::time::Duration,
+    /// Distinct unknown addresses in the saturation phase.
+    #[arg(long, default_value_t = 100_000)]
+    pub flood: u32,
 }
 
 /// `bench mesh`

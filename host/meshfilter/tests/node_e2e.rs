@@ -615,3 +615,215 @@ fn resolver_reads(mesh: &str) -> u64 {
         .and_then(|v| v.parse::<f64>().ok())
         .unwrap_or(0.0) as u64
 }
+
+/// `hex b0 b1 ...` arguments for bpftool.
+fn hex_args(bytes: &[u8]) -> Vec<String> {
+    std::iter::once("hex".to_string())
+        .chain(bytes.iter().map(|b| format!("{b:02x}")))
+        .collect()
+}
+
+fn ipcache_key(addr: [u8; 4], bits: u32) -> Vec<u8> {
+    let mut k = Vec::with_capacity(24);
+    k.extend_from_slice(&(32 + bits).to_ne_bytes());
+    k.extend_from_slice(&[0, 0, 0, 1]);
+    k.extend_from_slice(&addr);
+    k.extend_from_slice(&[0; 12]);
+    k
+}
+
+fn ipcache_value(identity: u32, tunnel: [u8; 4]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(24);
+    v.extend_from_slice(&identity.to_ne_bytes());
+    v.extend_from_slice(&tunnel);
+    v.extend_from_slice(&[0; 12]);
+    v.extend_from_slice(&[0, 0, 0, 0b10]);
+    v
+}
+
+/// Cilium's pinned `cilium_ipcache_v2`, created with the agent's layout and flags
+/// (LPM trie, 24-byte key and value, BPF_F_NO_PREALLOC | BPF_F_RDONLY_PROG), in a bpffs
+/// instance of the test's own so the host's /sys/fs/bpf is left alone.
+struct CiliumIpcache {
+    mount: tempfile::TempDir,
+    pin: PathBuf,
+}
+
+impl CiliumIpcache {
+    fn create() -> CiliumIpcache {
+        let mount = tempfile::tempdir().unwrap();
+        sh(&["mount", "-t", "bpf", "bpf", mount.path().to_str().unwrap()]);
+        let dir = mount.path().join("tc/globals");
+        std::fs::create_dir_all(&dir).unwrap();
+        let pin = dir.join("cilium_ipcache_v2");
+        sh(&[
+            "bpftool",
+            "map",
+            "create",
+            pin.to_str().unwrap(),
+            "type",
+            "lpm_trie",
+            "key",
+            "24",
+            "value",
+            "24",
+            "entries",
+            "512000",
+            "name",
+            "cilium_ipcache_v2",
+            "flags",
+            "129",
+        ]);
+        CiliumIpcache { mount, pin }
+    }
+
+    fn update(&self, key: &[u8], value: &[u8]) {
+        let mut args = vec![
+            "bpftool".to_string(),
+            "map".into(),
+            "update".into(),
+            "pinned".into(),
+        ];
+        args.push(self.pin.to_str().unwrap().into());
+        args.push("key".into());
+        args.extend(hex_args(key));
+        args.push("value".into());
+        args.extend(hex_args(value));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        sh(&args);
+    }
+
+    fn id(&self) -> u64 {
+        let out = Command::new("bpftool")
+            .args(["-j", "map", "show", "pinned", self.pin.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["id"].as_u64().unwrap()
+    }
+}
+
+impl Drop for CiliumIpcache {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.pin);
+        let _ = Command::new("umount").arg(self.mount.path()).status();
+    }
+}
+
+#[test]
+fn cilium_mode_reads_ciliums_map_and_leaves_its_program_alone() {
+    let mesh = Mesh::start();
+    let pods = Pods::new("c");
+    let _server = Server::start(&pods.ns_b);
+    // What a cilium-agent on node A would have installed: the remote node's pod CIDR as
+    // world tunnelled to that node, and the /32 of the synced pod.
+    let cilium = CiliumIpcache::create();
+    cilium.update(
+        &ipcache_key([198, 51, 100, 0], 24),
+        &ipcache_value(9, [203, 0, 113, 2]),
+    );
+    cilium.update(
+        &ipcache_key([198, 51, 100, 8], 32),
+        &ipcache_value(131_074, [203, 0, 113, 2]),
+    );
+    let before = bpftool_dump(cilium.id());
+
+    // A stand-in for Cilium's own program on the same hook, attached first.
+    let stand_in = Datapath::load(&DatapathConfig::default()).expect("load the stand-in");
+    stand_in
+        .attach(&Attachment {
+            interface: pods.host_a.clone(),
+            direction: Direction::Ingress,
+        })
+        .unwrap();
+
+    let (config, listen) = mesh.node_config(
+        "cilium",
+        &pods.host_a,
+        &format!("ciliumIpcache: {}\n", cilium.pin.display()),
+    );
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("mode: standalone", "mode: cilium")
+        .replace("missVerdict: drop", "missVerdict: pass");
+    std::fs::write(&config, text).unwrap();
+    let mut node = spawn_node(&config, &listen);
+    let st = status(&listen);
+    assert_eq!(st["mode"], "cilium");
+    assert_eq!(
+        st["ipcacheMapId"].as_u64(),
+        Some(cilium.id()),
+        "reads Cilium's map, not a copy"
+    );
+
+    // Allow-first: both connect at once; the regional pod's miss is signalled and
+    // resolved into the local etcd cache, where Cilium's agent picks it up.
+    connect_from(&pods.ns_a, POD_B_GLOBAL, Duration::from_secs(3)).expect("synced pod");
+    connect_from(&pods.ns_a, POD_B_REGIONAL, Duration::from_secs(3)).expect("allow-first pod");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let cached = etcdctl(
+            &mesh.local.endpoint(),
+            &["get", "cilium/cache/ip/v1/cluster-b/198.51.100.7"],
+        );
+        if cached.contains(REGIONAL) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "resolved into the local cache: {:#}",
+            status(&listen)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let st = status(&listen);
+    assert_eq!(
+        st["datapath"]["hit"].as_u64().map(|h| h > 0),
+        Some(true),
+        "the synced /32 hit in Cilium's map: {st:#}"
+    );
+    assert!(st["datapath"]["miss"].as_u64().unwrap() >= 1);
+    assert_eq!(
+        bpftool_dump(cilium.id()),
+        before,
+        "meshfilter never writes Cilium's map"
+    );
+    // Every packet that reached meshfilter's program also reached the next one.
+    let ours = st["datapath"]["packets"].as_u64().unwrap();
+    let theirs = stand_in
+        .stats()
+        .get(meshfilter_common::ipcache::stat::PACKETS);
+    assert!(
+        ours > 0 && theirs == ours,
+        "chain intact: meshfilter saw {ours}, the next program {theirs}"
+    );
+    stop(&mut node);
+    assert_eq!(attached(&pods.host_a), 1, "only the stand-in remains");
+    drop(stand_in);
+}
+
+#[test]
+fn cilium_mode_refuses_a_missing_or_foreign_map() {
+    let mesh = Mesh::start();
+    let pods = Pods::new("m");
+    let (config, _) = mesh.node_config(
+        "missing",
+        &pods.host_a,
+        "ciliumIpcache: /sys/fs/bpf/no-such-dir/cilium_ipcache_v2\n",
+    );
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("mode: standalone", "mode: cilium");
+    std::fs::write(&config, text).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_meshfilter"))
+        .args(["node", "--config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("no pinned map there"), "{stderr}");
+    assert!(
+        !Path::new("/sys/fs/bpf/no-such-dir").exists(),
+        "never creates the pin"
+    );
+}

@@ -140,6 +140,8 @@ pub struct NodeStatus {
 }
 
 const RECENT: usize = 256;
+/// Miss-to-installed samples kept for the percentiles in `/status`.
+const LATENCY_SAMPLES: usize = 8192;
 
 /// The node agent.
 pub struct NodeAgent {
@@ -152,6 +154,7 @@ pub struct NodeAgent {
     inflight: Mutex<HashSet<IpAddr>>,
     outcomes: Mutex<HashMap<Outcome, u64>>,
     recent: Mutex<VecDeque<RecentMiss>>,
+    latencies: Mutex<VecDeque<u64>>,
     reader: Arc<ReaderStats>,
     metrics: NodeMetrics,
 }
@@ -185,13 +188,13 @@ impl NodeAgent {
             inflight: Mutex::new(HashSet::new()),
             outcomes: Mutex::new(HashMap::new()),
             recent: Mutex::new(VecDeque::with_capacity(RECENT)),
+            latencies: Mutex::new(VecDeque::with_capacity(LATENCY_SAMPLES)),
             reader: Arc::new(ReaderStats::default()),
             metrics,
         })
     }
 
-    /// Reads and resolves misses until cancelled. Needs a multi-threaded runtime (the
-    /// miss hook runs in `block_in_place`).
+    /// Reads and resolves misses until cancelled.
     pub async fn run(self: Arc<Self>, cancel: CancellationToken) -> std::io::Result<()> {
         let Some(ring) = self.datapath.take_events() else {
             return Err(std::io::Error::other(
@@ -227,12 +230,7 @@ impl NodeAgent {
     /// Current status.
     pub fn status(&self) -> NodeStatus {
         let stats: DatapathStats = self.datapath.stats();
-        let mut latencies: Vec<u64> = self
-            .recent
-            .lock()
-            .iter()
-            .filter_map(|r| r.latency_us)
-            .collect();
+        let mut latencies: Vec<u64> = self.latencies.lock().iter().copied().collect();
         latencies.sort_unstable();
         let pct = |p: f64| -> u64 {
             if latencies.is_empty() {
@@ -277,6 +275,11 @@ impl NodeAgent {
             view: self.view.status(),
             recent: self.recent.lock().iter().cloned().collect(),
         }
+    }
+
+    /// Forgets the latency samples (between benchmark phases).
+    pub fn clear_latencies(&self) {
+        self.latencies.lock().clear();
     }
 
     /// Reader counters (for metrics).
@@ -335,8 +338,9 @@ impl NodeAgent {
         });
         let decision = match &self.filters {
             Some(filters) => {
-                let generation = filters.current();
-                tokio::task::block_in_place(|| generation.decide_miss(&input)).decision
+                // One call, memoised, bounded by the module's epoch deadline: cheaper
+                // inline than handing the worker thread over with block_in_place.
+                filters.current().decide_miss(&input).decision
             }
             None => {
                 let mut clusters: Vec<String> = candidates
@@ -359,12 +363,26 @@ impl NodeAgent {
             }
             MissDecision::Resolve { clusters, reason } => (clusters, reason),
         };
-        match self.resolvers.resolve(miss.addr, &clusters).await {
+        let found = match self.view.cached(miss.addr, &clusters) {
+            Some((cluster, pair)) => Ok(crate::resolve::Resolution {
+                cluster,
+                pair,
+                from: crate::resolve::ResolvedFrom::LocalCache,
+            }),
+            None => self.resolvers.resolve(miss.addr, &clusters).await,
+        };
+        match found {
             Ok(found) => {
                 let identity = found.pair.id;
                 self.view.install_endpoint(&found.cluster, found.pair);
                 let latency_us = monotonic_ns().saturating_sub(miss.ts_ns) / 1000;
                 self.metrics.observe_latency(latency_us);
+                let mut samples = self.latencies.lock();
+                if samples.len() == LATENCY_SAMPLES {
+                    samples.pop_front();
+                }
+                samples.push_back(latency_us);
+                drop(samples);
                 (
                     Outcome::Installed,
                     Some((found.cluster, identity, found.from.as_str(), latency_us)),

@@ -14,6 +14,7 @@ pub mod datapath;
 mod error;
 pub mod events;
 pub mod metrics;
+pub mod probe;
 pub mod resolve;
 pub mod view;
 

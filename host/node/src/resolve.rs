@@ -47,6 +47,8 @@ pub struct Resolution {
 pub struct Resolvers {
     local: Option<Client>,
     mesh_api: Option<String>,
+    /// One HTTP agent, so connections to the mesh are kept alive between lookups.
+    http: ureq::Agent,
     timeout: Duration,
 }
 
@@ -66,6 +68,7 @@ impl Resolvers {
         Resolvers {
             local,
             mesh_api: mesh_api.map(|u| u.trim_end_matches('/').to_owned()),
+            http: ureq::AgentBuilder::new().timeout(timeout).build(),
             timeout,
         }
     }
@@ -88,7 +91,7 @@ impl Resolvers {
             }
         }
         match &self.mesh_api {
-            Some(url) => mesh_lookup(url.clone(), addr, self.timeout).await,
+            Some(url) => mesh_lookup(self.http.clone(), url.clone(), addr).await,
             None => Err(ResolveError::NotFound),
         }
     }
@@ -104,7 +107,14 @@ async fn local_lookup(
             continue;
         };
         let key = format!("cilium/cache/ip/v1/{cluster}/{addr}");
-        let resp = client.get(key.as_str(), None).await?;
+        // Serializable: answered by the member itself, no quorum round trip; a value
+        // a few milliseconds stale is as good as a fresh one here.
+        let resp = client
+            .get(
+                key.as_str(),
+                Some(etcd_client::GetOptions::new().with_serializable()),
+            )
+            .await?;
         let Some(kv) = resp.kvs().first() else {
             continue;
         };
@@ -129,32 +139,31 @@ struct MeshResolved {
 }
 
 async fn mesh_lookup(
+    http: ureq::Agent,
     base: String,
     addr: IpAddr,
-    timeout: Duration,
 ) -> Result<Resolution, ResolveError> {
     let url = format!("{base}/resolve?ip={addr}");
-    let answer =
-        tokio::task::spawn_blocking(move || match ureq::get(&url).timeout(timeout).call() {
-            Ok(resp) => {
-                let body = resp
-                    .into_string()
-                    .map_err(|e| ResolveError::Unavailable(format!("reading {url}: {e}")))?;
-                Ok(body)
-            }
-            Err(ureq::Error::Status(404, _)) => Err(ResolveError::NotFound),
-            Err(ureq::Error::Status(code @ (429 | 503), resp)) => Err(ResolveError::Busy(format!(
-                "{code}: {}",
-                resp.into_string().unwrap_or_default()
-            ))),
-            Err(ureq::Error::Status(code, resp)) => Err(ResolveError::Unavailable(format!(
-                "{url} answered {code}: {}",
-                resp.into_string().unwrap_or_default()
-            ))),
-            Err(e) => Err(ResolveError::Unavailable(format!("{url}: {e}"))),
-        })
-        .await
-        .map_err(|e| ResolveError::Unavailable(e.to_string()))??;
+    let answer = tokio::task::spawn_blocking(move || match http.get(&url).call() {
+        Ok(resp) => {
+            let body = resp
+                .into_string()
+                .map_err(|e| ResolveError::Unavailable(format!("reading {url}: {e}")))?;
+            Ok(body)
+        }
+        Err(ureq::Error::Status(404, _)) => Err(ResolveError::NotFound),
+        Err(ureq::Error::Status(code @ (429 | 503), resp)) => Err(ResolveError::Busy(format!(
+            "{code}: {}",
+            resp.into_string().unwrap_or_default()
+        ))),
+        Err(ureq::Error::Status(code, resp)) => Err(ResolveError::Unavailable(format!(
+            "{url} answered {code}: {}",
+            resp.into_string().unwrap_or_default()
+        ))),
+        Err(e) => Err(ResolveError::Unavailable(format!("{url}: {e}"))),
+    })
+    .await
+    .map_err(|e| ResolveError::Unavailable(e.to_string()))??;
     let resolved: MeshResolved = serde_json::from_str(&answer)
         .map_err(|e| ResolveError::Unavailable(format!("mesh answer for {addr}: {e}")))?;
     let name = ClusterName::new(resolved.cluster.as_str())

@@ -1,6 +1,7 @@
 //! What the node knows about the mesh, from the local etcd that `meshfilter mesh` (or
-//! kvstoremesh) fills: cluster IDs, remote nodes with their pod CIDRs and regions, and in
-//! standalone mode every cached endpoint.
+//! kvstoremesh) fills: cluster IDs, remote nodes with their pod CIDRs and regions, and an
+//! in-memory index of every cached endpoint, so a miss on an address that is already in
+//! the local cache resolves without a round trip.
 //!
 //! It keeps the program's maps in step: mesh pod CIDRs always; in standalone mode also
 //! the ipcache entries a cilium-agent would install from the same cache (a /32 per
@@ -42,8 +43,10 @@ struct State {
     clusters: BTreeMap<String, u32>,
     /// `(cluster, node name)` → node.
     nodes: HashMap<(String, String), Node>,
-    /// Cached endpoints (standalone mode only).
+    /// Every endpoint of the local cache.
     endpoints: HashMap<IpAddr, (String, IpIdentityPair)>,
+    /// Endpoints this view put into the standalone ipcache.
+    installed: HashSet<IpAddr>,
     /// Mesh pod CIDRs currently in the map, with their owner.
     mesh_cidrs: HashMap<IpNet, String>,
     /// Values of pod-CIDR world entries currently in the ipcache (standalone).
@@ -64,8 +67,10 @@ pub struct ViewStatus {
     pub nodes: usize,
     /// Mesh pod CIDRs in the program's map.
     pub mesh_cidrs: usize,
-    /// Endpoints from the cache installed in the standalone ipcache.
+    /// Endpoints in the local cache.
     pub endpoints: usize,
+    /// Endpoints installed in the standalone ipcache (cached or resolved).
+    pub installed: usize,
     /// Values that did not parse.
     pub invalid: u64,
     /// Every watched prefix finished its first list.
@@ -115,12 +120,13 @@ impl MeshView {
     /// Status counts.
     pub fn status(&self) -> ViewStatus {
         let s = self.state.read();
-        let wanted = if self.mirror_cache { 3 } else { 2 };
+        let wanted = 3;
         ViewStatus {
             clusters: s.clusters.clone(),
             nodes: s.nodes.len(),
             mesh_cidrs: s.mesh_cidrs.len(),
             endpoints: s.endpoints.len(),
+            installed: s.installed.len(),
             invalid: s.invalid,
             synced: s.synced.len() >= wanted,
         }
@@ -180,10 +186,7 @@ impl MeshView {
 
     /// Follows the local etcd until cancelled, reconnecting with backoff.
     pub async fn run(self: Arc<Self>, client: Client, cancel: CancellationToken) {
-        let mut prefixes = vec![CLUSTER_CONFIG_PREFIX, NODES_PREFIX];
-        if self.mirror_cache {
-            prefixes.push(ENDPOINTS_PREFIX);
-        }
+        let prefixes = vec![CLUSTER_CONFIG_PREFIX, NODES_PREFIX, ENDPOINTS_PREFIX];
         let tasks: Vec<_> = prefixes
             .into_iter()
             .map(|prefix| {
@@ -340,7 +343,16 @@ impl MeshView {
                     return;
                 };
                 match IpIdentityPair::parse(&cluster_name, ip, value) {
-                    Ok(pair) => self.install_endpoint(cluster, pair),
+                    Ok(pair) => {
+                        let addr = pair.ip();
+                        self.state
+                            .write()
+                            .endpoints
+                            .insert(addr, (cluster.to_owned(), pair.clone()));
+                        if self.mirror_cache {
+                            self.install_endpoint(cluster, pair);
+                        }
+                    }
                     Err(e) => self.invalid(key, &e),
                 }
             }
@@ -370,10 +382,15 @@ impl MeshView {
                     return;
                 };
                 let Ok(ip) = ip.parse::<IpAddr>() else { return };
+                // The entry left the cache (deleted, or its resolve lease ended): it
+                // leaves the standalone ipcache too, whoever installed it.
                 let removed = {
                     let mut s = self.state.write();
                     match s.endpoints.get(&ip) {
-                        Some((c, _)) if c == cluster => s.endpoints.remove(&ip).is_some(),
+                        Some((c, _)) if c == cluster => {
+                            s.endpoints.remove(&ip);
+                            s.installed.remove(&ip)
+                        }
                         _ => false,
                     }
                 };
@@ -389,19 +406,28 @@ impl MeshView {
         tracing::warn!(key, %error, "skipping an invalid value in the local cache");
     }
 
-    /// Installs a resolved or cached endpoint into the standalone ipcache.
+    /// The local cache's entry for `addr`, if one of `clusters` has it.
+    pub fn cached(&self, addr: IpAddr, clusters: &[String]) -> Option<(String, IpIdentityPair)> {
+        let s = self.state.read();
+        let (cluster, pair) = s.endpoints.get(&addr)?;
+        clusters
+            .iter()
+            .any(|c| c == cluster)
+            .then(|| (cluster.clone(), pair.clone()))
+    }
+
+    /// Installs a resolved or cached endpoint into the standalone ipcache (a no-op in
+    /// cilium mode, where the agent installs what the local cache holds).
     pub fn install_endpoint(&self, cluster: &str, pair: IpIdentityPair) {
         if !self.standalone {
             return;
         }
+        let _ = cluster;
         let ip = pair.ip();
         let info = endpoint_info(pair.id, pair.host_ip(), pair.key);
         match self.datapath.upsert_ipcache(IpNet::from(ip), info) {
             Ok(()) => {
-                self.state
-                    .write()
-                    .endpoints
-                    .insert(ip, (cluster.to_owned(), pair));
+                self.state.write().installed.insert(ip);
             }
             Err(e) => tracing::warn!(%ip, error = %e, "installing an ipcache entry"),
         }

@@ -6,35 +6,12 @@ use std::time::Duration;
 
 use meshfilter_common::ipcache::{WORLD_ID, WORLD_IPV4_ID, stat};
 use meshfilter_node::events::Miss;
+use meshfilter_node::probe::{ipv4_frame, ipv6_frame};
 use meshfilter_node::view::endpoint_info;
 use meshfilter_node::{Datapath, DatapathConfig, MissVerdict};
 
 const TC_ACT_SHOT: i32 = 2;
 const TC_ACT_UNSPEC: i32 = -1;
-
-fn ipv4_frame(src: Ipv4Addr, dst: Ipv4Addr) -> Vec<u8> {
-    let mut f = vec![0u8; 14 + 20 + 20];
-    f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
-    f[14] = 0x45;
-    f[16..18].copy_from_slice(&40u16.to_be_bytes());
-    f[22] = 64;
-    f[23] = 6;
-    f[26..30].copy_from_slice(&src.octets());
-    f[30..34].copy_from_slice(&dst.octets());
-    f
-}
-
-fn ipv6_frame(src: Ipv6Addr, dst: Ipv6Addr) -> Vec<u8> {
-    let mut f = vec![0u8; 14 + 40 + 20];
-    f[12..14].copy_from_slice(&0x86DDu16.to_be_bytes());
-    f[14] = 0x60;
-    f[18..20].copy_from_slice(&20u16.to_be_bytes());
-    f[20] = 6;
-    f[21] = 64;
-    f[22..38].copy_from_slice(&src.octets());
-    f[38..54].copy_from_slice(&dst.octets());
-    f
-}
 
 fn load(config: DatapathConfig) -> Datapath {
     Datapath::load(&config).expect("load the classifier (run as root after scripts/setup.sh)")

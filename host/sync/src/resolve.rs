@@ -51,7 +51,7 @@ pub enum ResolveError {
     #[error("resolution rate limit reached")]
     RateLimited,
     /// It was found but did not appear in the local cache in time.
-    #[error("{ip} was found in {cluster} but the local cache did not confirm it in time")]
+    #[error("{ip} was found in {cluster} but could not be written into the local cache")]
     NotInstalled {
         /// The address.
         ip: IpAddr,
@@ -202,25 +202,38 @@ impl Resolver {
             };
             let value = kv.value_str().unwrap_or_default().to_string();
             mirror.pin(&key_ip, Instant::now() + self.pin_ttl);
+            // Write it now rather than wait for the mirror: the pin makes the mirror
+            // write (and later delete) it too, under its own lease, but converging a
+            // whole remote takes longer than a node agent should wait. The entry's own
+            // lease ends with the pin, so nothing outlives it if the mirror never runs.
             let key = format!("cilium/cache/ip/v1/{cluster}/{key_ip}");
-            let deadline = Instant::now() + Duration::from_secs(2);
-            let mut kv = self.local.kv_client();
-            while Instant::now() < deadline {
-                if kv
-                    .get(key.as_bytes(), None)
+            let ttl = i64::try_from(self.pin_ttl.as_secs().max(1)).unwrap_or(i64::MAX);
+            let written = async {
+                let lease = self.local.lease_client().grant(ttl, None).await?.id();
+                self.local
+                    .kv_client()
+                    .put(
+                        key.as_bytes(),
+                        value.as_bytes(),
+                        Some(etcd_client::PutOptions::new().with_lease(lease)),
+                    )
                     .await
-                    .is_ok_and(|r| !r.kvs().is_empty())
-                {
+            }
+            .await;
+            return match written {
+                Ok(_) => {
                     self.stats.resolved.fetch_add(1, Ordering::Relaxed);
-                    return Ok(Resolved {
+                    Ok(Resolved {
                         cluster,
                         key,
                         value,
-                    });
+                    })
                 }
-                tokio::time::sleep(Duration::from_millis(2)).await;
-            }
-            return Err(ResolveError::NotInstalled { ip, cluster });
+                Err(e) => {
+                    tracing::warn!(%ip, %cluster, error = %e, "writing a resolved entry into the local cache");
+                    Err(ResolveError::NotInstalled { ip, cluster })
+                }
+            };
         }
         self.negative
             .lock()

@@ -207,7 +207,7 @@ fn node_value(cluster: &str, id: u32, n: u32) -> String {
 }
 
 /// Writes `kvs` in 128-operation transactions from four concurrent writers.
-async fn write_batched(
+pub(super) async fn write_batched(
     client: &Client,
     kvs: impl IntoIterator<Item = (String, String)>,
 ) -> anyhow::Result<()> {

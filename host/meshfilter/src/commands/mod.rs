@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_mesh;
+mod bench_node;
 mod check;
 mod demo;
 mod demo_mesh;
@@ -36,6 +37,7 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Export(args) => export::run(&args),
         Command::Node(args) => node::run(&args),
         Command::Bench(BenchCommand::Mesh(args)) => bench_mesh::run(&args),
+        Command::Bench(BenchCommand::Node(args)) => bench_node::run(&args),
         Command::Status(args) => mesh::print_status(&args.addr, args.json),
         Command::Explain(args) => mesh::print_explain(&args.addr, &args.target),
     }

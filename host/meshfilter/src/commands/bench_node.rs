@@ -1,0 +1,424 @@
+//! `meshfilter bench node`: the miss path's figures on this machine, with the real
+//! classifier in the kernel (driven by `BPF_PROG_TEST_RUN`, so no interfaces are
+//! needed), the real node agent, real etcd and, for the remote case, a real
+//! `meshfilter mesh` process.
+//!
+//! Phases: per-packet cost of the program on hit and on miss; miss-to-installed latency
+//! when the entry is in the local cache; userspace saturation under a flood of distinct
+//! addresses; miss-to-installed latency when the entry must come from the owning remote
+//! cluster's etcd through the mesh's resolve API.
+
+use std::net::Ipv4Addr;
+use std::process::{Command, ExitCode, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use etcd_client::Client;
+use meshfilter_local_etcd::EtcdServer;
+use meshfilter_node::probe::ipv4_frame;
+use meshfilter_node::view::endpoint_info;
+use meshfilter_node::{
+    AgentConfig, Datapath, DatapathConfig, MeshView, MissVerdict, NodeAgent, NodeMetrics,
+    Resolvers, StaticCidr,
+};
+use tokio_util::sync::CancellationToken;
+
+use crate::cli::BenchNodeArgs;
+use crate::config::{ClusterSection, FiltersSection};
+
+const POD: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
+/// Cluster C: endpoints already in the local cache.
+const CACHED_BASE: Ipv4Addr = Ipv4Addr::new(198, 20, 0, 0);
+/// Cluster C's addresses nobody has (the flood).
+const FLOOD_BASE: Ipv4Addr = Ipv4Addr::new(198, 21, 0, 0);
+/// Cluster B: regional endpoints in another region, only in cluster B's etcd.
+const REMOTE_BASE: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 0);
+
+pub fn run(args: &BenchNodeArgs) -> anyhow::Result<ExitCode> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(run_async(args))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn nth(base: Ipv4Addr, i: u32) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(base) + 1 + i)
+}
+
+fn endpoint_json(ip: Ipv4Addr, id: u32, scope: &str) -> String {
+    format!(
+        r#"{{"IP":"{ip}","HostIP":"203.0.113.2","ID":{id},"Key":0,"Metadata":"","K8sNamespace":"bench","K8sPodName":"pod-{ip}","SyncScope":"{scope}"}}"#
+    )
+}
+
+async fn run_async(args: &BenchNodeArgs) -> anyhow::Result<()> {
+    if !Datapath::available() {
+        bail!("this build has no eBPF program; run scripts/setup.sh and rebuild");
+    }
+    let local = EtcdServer::try_start("node-bench-local").map_err(anyhow::Error::msg)?;
+    let client = Client::connect([local.endpoint()], None).await?;
+    println!(
+        "meshfilter node benchmark: {} misses per latency phase, {} ms apart; flood of {} addresses",
+        args.addresses,
+        args.interval.as_secs_f64() * 1000.0,
+        args.flood
+    );
+    super::bench_mesh::write_batched(
+        &client,
+        (0..args.addresses).map(|i| {
+            let ip = nth(CACHED_BASE, i);
+            (
+                format!("cilium/cache/ip/v1/cluster-c/{ip}"),
+                endpoint_json(ip, 196_608 + 256 + i % 1000, "global"),
+            )
+        }),
+    )
+    .await?;
+
+    per_packet_cost()?;
+
+    // Local cache: the agent resolves from the local etcd only.
+    let static_cidrs = vec![StaticCidr {
+        cidr: "198.20.0.0/15".parse()?,
+        cluster: "cluster-c".into(),
+    }];
+    let resolvers = Resolvers::new(Some(client.clone()), None, Duration::from_secs(2));
+    let bench = Bench::start(static_cidrs, resolvers, client.clone())?;
+    let addrs: Vec<Ipv4Addr> = (0..args.addresses).map(|i| nth(CACHED_BASE, i)).collect();
+    let lat = bench.latency(&addrs, args.interval).await?;
+    println!(
+        "miss -> installed, entry in the local cache:   p50 {:>6} us  p99 {:>6} us  max {:>6} us  ({} samples)",
+        lat.p50, lat.p99, lat.max, lat.samples
+    );
+    bench.flood(args.flood).await?;
+    bench.stop().await;
+
+    // Remote: cluster B's regional endpoints, filtered out of the cache, resolved on
+    // demand through a real `meshfilter mesh`.
+    let remote = EtcdServer::try_start("node-bench-cluster-b").map_err(anyhow::Error::msg)?;
+    let rclient = Client::connect([remote.endpoint()], None).await?;
+    let mut kv = rclient.kv_client();
+    kv.put(
+        "cilium/cluster-config/cluster-b",
+        r#"{"id":2,"capabilities":{"syncedCanaries":true,"maxConnectedClusters":255}}"#,
+        None,
+    )
+    .await?;
+    kv.put(
+        "cilium/state/nodes/v1/cluster-b/b1",
+        r#"{"Name":"b1","Cluster":"cluster-b","IPAddresses":[{"Type":"InternalIP","IP":"203.0.113.2"}],"IPv4AllocCIDR":{"IP":"198.18.0.0","Mask":"//8AAA=="},"ClusterID":2,"Labels":{"topology.kubernetes.io/region":"us-east-1"}}"#,
+        None,
+    )
+    .await?;
+    kv.put(
+        "cilium/state/identities/v1/id/131329",
+        "k8s:app=bench;k8s:io.kubernetes.pod.namespace=bench;",
+        None,
+    )
+    .await?;
+    let remote_count = args.addresses.min(args.remote_addresses);
+    super::bench_mesh::write_batched(
+        &rclient,
+        (0..remote_count).map(|i| {
+            let ip = nth(REMOTE_BASE, i);
+            (
+                format!("cilium/state/ip/v1/default/{ip}"),
+                endpoint_json(ip, 131_329, "regional"),
+            )
+        }),
+    )
+    .await?;
+    let mesh = MeshProcess::start(&local, &remote)?;
+    let resolvers = Resolvers::new(
+        Some(client.clone()),
+        Some(format!("http://{}", mesh.addr)),
+        Duration::from_secs(2),
+    );
+    let bench = Bench::start(Vec::new(), resolvers, client.clone())?;
+    bench.wait_for_cidrs().await?;
+    let addrs: Vec<Ipv4Addr> = (0..remote_count).map(|i| nth(REMOTE_BASE, i)).collect();
+    // Stay under the mesh's default remote-lookup rate (200/s).
+    let interval = args.interval.max(Duration::from_millis(6));
+    let lat = bench.latency(&addrs, interval).await?;
+    println!(
+        "miss -> installed, from the owning remote etcd: p50 {:>6} us  p99 {:>6} us  max {:>6} us  ({} samples, {} ms apart)",
+        lat.p50,
+        lat.p99,
+        lat.max,
+        lat.samples,
+        interval.as_millis()
+    );
+    bench.stop().await;
+    drop(mesh);
+    Ok(())
+}
+
+/// Kernel-measured cost of one program run (mean over many repeats).
+fn per_packet_cost() -> anyhow::Result<()> {
+    let dp = Datapath::load(&DatapathConfig {
+        dedup: Duration::from_secs(3600),
+        events_per_second: 0,
+        verdict: MissVerdict::Drop,
+        ..Default::default()
+    })?;
+    let mut ring = dp.take_events().context("ring")?;
+    dp.upsert_mesh_cidr("198.20.0.0/15".parse()?, 3)?;
+    dp.upsert_ipcache(
+        "198.20.0.0/15".parse()?,
+        endpoint_info(9, Some(POD.into()), 0),
+    )?;
+    dp.upsert_ipcache(
+        "198.20.0.1/32".parse()?,
+        endpoint_info(196_864, Some(POD.into()), 0),
+    )?;
+    let repeat = 1_000_000;
+    let (_, hit) = dp.test_run(&ipv4_frame(POD, nth(CACHED_BASE, 0)), repeat)?;
+    let (_, outside) = dp.test_run(&ipv4_frame(POD, Ipv4Addr::new(192, 0, 2, 99)), repeat)?;
+    let (_, suppressed) = dp.test_run(&ipv4_frame(POD, nth(CACHED_BASE, 5)), repeat)?;
+    // An emitted miss happens once per address: mean over distinct addresses, draining
+    // the ring as we go so it never fills.
+    let mut total = Duration::ZERO;
+    let distinct = 20_000u32;
+    for i in 0..distinct {
+        let (_, d) = dp.test_run(&ipv4_frame(POD, nth(CACHED_BASE, 100 + i)), 1)?;
+        total += d;
+        while ring.next().is_some() {}
+    }
+    let emitted = total / distinct;
+    println!(
+        "per packet (BPF_PROG_TEST_RUN, kernel mean): hit {hit:?}, outside the mesh {outside:?}, miss suppressed by dedup {suppressed:?}, miss signalled {emitted:?}"
+    );
+    Ok(())
+}
+
+struct Latency {
+    p50: u64,
+    p99: u64,
+    max: u64,
+    samples: u64,
+}
+
+/// A datapath (not attached) with its agent running.
+struct Bench {
+    datapath: Arc<Datapath>,
+    agent: Arc<NodeAgent>,
+    view: Arc<MeshView>,
+    cancel: CancellationToken,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+    view_task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Bench {
+    fn start(
+        static_cidrs: Vec<StaticCidr>,
+        resolvers: Resolvers,
+        local: Client,
+    ) -> anyhow::Result<Bench> {
+        let datapath = Arc::new(Datapath::load(&DatapathConfig {
+            dedup: Duration::from_secs(5),
+            events_per_second: 0,
+            verdict: MissVerdict::Drop,
+            ..Default::default()
+        })?);
+        let cluster = ClusterSection {
+            name: "cluster-a".into(),
+            zone: None,
+            region: Some("eu-west-1".into()),
+        };
+        let (runtime, _, _) =
+            super::serve::load_filters(&FiltersSection::default(), cluster.locality())?;
+        let view = MeshView::new(datapath.clone(), static_cidrs, false);
+        let agent = NodeAgent::new(
+            datapath.clone(),
+            view.clone(),
+            Some(runtime),
+            resolvers,
+            AgentConfig {
+                node_name: "bench".into(),
+                ..AgentConfig::default()
+            },
+            NodeMetrics::default(),
+        );
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(agent.clone().run(cancel.clone()));
+        let view_task = Some(tokio::spawn(view.clone().run(local, cancel.clone())));
+        Ok(Bench {
+            datapath,
+            agent,
+            view,
+            cancel,
+            task,
+            view_task,
+        })
+    }
+
+    /// Follows the local cache's node list (for the remote phase's pod CIDR).
+    async fn wait_for_cidrs(&self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.view.owner_of(nth(REMOTE_BASE, 0).into()).is_none() {
+            if Instant::now() > deadline {
+                bail!("the mesh never published cluster-b's node into the local cache");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(())
+    }
+
+    async fn latency(&self, addrs: &[Ipv4Addr], interval: Duration) -> anyhow::Result<Latency> {
+        self.agent.clear_latencies();
+        let before = installed(&self.agent);
+        for addr in addrs {
+            let frame = ipv4_frame(POD, *addr);
+            let dp = self.datapath.clone();
+            tokio::task::spawn_blocking(move || dp.test_run(&frame, 1)).await??;
+            tokio::time::sleep(interval).await;
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while installed(&self.agent) < before + addrs.len() as u64 {
+            if Instant::now() > deadline {
+                bail!(
+                    "only {} of {} misses were installed: {:?}",
+                    installed(&self.agent) - before,
+                    addrs.len(),
+                    self.agent.status().outcomes
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let status = self.agent.status();
+        let get = |k: &str| status.latency_us.get(k).copied().unwrap_or(0);
+        Ok(Latency {
+            p50: get("p50"),
+            p99: get("p99"),
+            max: get("max"),
+            samples: get("samples"),
+        })
+    }
+
+    /// Distinct unknown addresses as fast as one thread can run the program: how many
+    /// events userspace reads and handles per second before its queue overflows.
+    async fn flood(&self, count: u32) -> anyhow::Result<()> {
+        let before = self.agent.status();
+        let kernel_before = self.datapath.stats();
+        let handled_before: u64 = before.outcomes.values().sum();
+        let dp = self.datapath.clone();
+        let started = Instant::now();
+        let generated = tokio::task::spawn_blocking(move || -> anyhow::Result<Duration> {
+            for i in 0..count {
+                dp.test_run(&ipv4_frame(POD, nth(FLOOD_BASE, i)), 1)?;
+            }
+            Ok(started.elapsed())
+        })
+        .await??;
+        // Let the queue drain.
+        let mut last = u64::MAX;
+        loop {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let handled: u64 = self.agent.status().outcomes.values().sum();
+            if handled == last {
+                break;
+            }
+            last = handled;
+        }
+        let drained = started.elapsed() - Duration::from_millis(200);
+        let after = self.agent.status();
+        let received = after.events["received"] - before.events["received"];
+        let overflow = after.events["queueOverflow"] - before.events["queueOverflow"];
+        let handled = after.outcomes.values().sum::<u64>() - handled_before;
+        let kernel = self.datapath.stats();
+        let delta = |i| kernel.get(i) - kernel_before.get(i);
+        println!(
+            "flood: kernel emitted {} events, {} lost to a full ring",
+            delta(meshfilter_common::ipcache::stat::EMITTED),
+            delta(meshfilter_common::ipcache::stat::RING_FULL)
+        );
+        println!(
+            "flood: {count} distinct addresses signalled at {:.0}/s; userspace read {received} events ({:.0}/s), queue overflow {overflow}, handled {handled} ({:.0}/s, each an etcd lookup that finds nothing)",
+            f64::from(count) / generated.as_secs_f64(),
+            received as f64 / generated.as_secs_f64(),
+            handled as f64 / drained.as_secs_f64()
+        );
+        Ok(())
+    }
+
+    async fn stop(self) {
+        self.cancel.cancel();
+        let _ = self.task.await;
+        if let Some(t) = self.view_task {
+            let _ = t.await;
+        }
+    }
+}
+
+fn installed(agent: &NodeAgent) -> u64 {
+    agent
+        .status()
+        .outcomes
+        .get("installed")
+        .copied()
+        .unwrap_or(0)
+}
+
+/// `meshfilter mesh` for cluster-a (eu-west-1) against cluster B, as a child process.
+struct MeshProcess {
+    child: std::process::Child,
+    addr: String,
+    _dir: tempfile::TempDir,
+}
+
+impl MeshProcess {
+    fn start(local: &EtcdServer, remote: &EtcdServer) -> anyhow::Result<MeshProcess> {
+        let dir = tempfile::tempdir()?;
+        let clusters = dir.path().join("clustermesh");
+        std::fs::create_dir(&clusters)?;
+        std::fs::write(
+            clusters.join("cluster-b"),
+            format!("endpoints:\n- {}\n", remote.endpoint()),
+        )?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let addr = format!("127.0.0.1:{port}");
+        let config = dir.path().join("mesh.yaml");
+        std::fs::write(
+            &config,
+            format!(
+                "cluster: {{name: cluster-a, region: eu-west-1}}\nlocalEtcd:\n  endpoints: [{}]\nclustersDir: {}\nlisten: {addr}\n",
+                local.endpoint(),
+                clusters.display()
+            ),
+        )?;
+        let child = Command::new(std::env::current_exe()?)
+            .args(["mesh", "--config", config.to_str().unwrap_or_default()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting meshfilter mesh")?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(r) = ureq::get(&format!("http://{addr}/readyz")).call()
+                && r.into_string().unwrap_or_default() == "ready"
+            {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("meshfilter mesh did not become ready");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(MeshProcess {
+            child,
+            addr,
+            _dir: dir,
+        })
+    }
+}
+
+impl Drop for MeshProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
