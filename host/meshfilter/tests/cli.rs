@@ -93,3 +93,66 @@ fn filter_test_fails_on_an_unmet_expectation() {
     assert!(!ok, "{stdout}");
     assert!(stdout.contains("0 passed, 1 failed"), "{stdout}");
 }
+
+fn node_config(dir: &std::path::Path, body: &str) -> String {
+    let path = dir.join("node.yaml");
+    std::fs::write(&path, body).unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+const NODE_CONFIG: &str = "cluster: {name: cluster-a}\ninterfaces:\n- {interface: lo, direction: ingress}\nmeshApi: http://127.0.0.1:9\n";
+
+#[test]
+fn node_config_errors_name_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            "cluster: {name: cluster-a}\ninterfaces: []\nmeshApi: http://x\n",
+            "interfaces:",
+        ),
+        (
+            "cluster: {name: Cluster_A}\ninterfaces: [{interface: lo, direction: ingress}]\nmeshApi: http://x\n",
+            "cluster.name",
+        ),
+        (
+            "cluster: {name: a}\ninterfaces: [{interface: lo, direction: ingress}]\n",
+            "localEtcd, meshApi",
+        ),
+        (
+            "cluster: {name: a}\ninterfaces: [{interface: lo, direction: sideways}]\nmeshApi: http://x\n",
+            "sideways",
+        ),
+        (
+            "cluster: {name: a}\ninterfaces: [{interface: lo, direction: ingress}]\nmeshApi: http://x\nmode: cilium\n",
+            "localEtcd: cilium mode",
+        ),
+        (
+            "cluster: {name: a}\ninterfaces: [{interface: lo, direction: ingress}]\nmeshApi: ftp://x\n",
+            "meshApi",
+        ),
+    ];
+    for (body, expected) in cases {
+        let (ok, _, err) = meshfilter(&["node", "--config", &node_config(dir.path(), body)]);
+        assert!(!ok && err.contains(expected), "{expected}: {err}");
+    }
+}
+
+/// Without CAP_BPF/CAP_NET_ADMIN (dropped from the bounding set, so even root lacks them
+/// after exec) the agent refuses to start and says what it needs.
+#[test]
+fn node_without_capabilities_says_what_it_needs() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = node_config(dir.path(), NODE_CONFIG);
+    let out = Command::new("setpriv")
+        .args(["--bounding-set", "-bpf,-net_admin,-sys_admin", "--"])
+        .arg(env!("CARGO_BIN_EXE_meshfilter"))
+        .args(["node", "--config", &config])
+        .output()
+        .expect("setpriv (util-linux)");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("missing capabilities CAP_BPF, CAP_NET_ADMIN"),
+        "{err}"
+    );
+}
