@@ -60,6 +60,10 @@ pub struct NodeConfig {
     /// Base URL of `meshfilter mesh`'s resolve API.
     #[serde(default)]
     pub mesh_api: Option<String>,
+    /// Clustermesh directory (Cilium's format, one etcd config per remote cluster): read
+    /// missed endpoints directly from their cluster's etcd (standalone mode).
+    #[serde(default)]
+    pub clusters_dir: Option<PathBuf>,
     /// Standalone: install every endpoint of the local cache (as a cilium-agent would);
     /// off keeps only what misses resolved.
     #[serde(default = "yes")]
@@ -183,8 +187,21 @@ impl NodeConfig {
                 a.interface
             );
         }
-        if config.local_etcd.is_none() && config.mesh_api.is_none() {
-            bail!("localEtcd, meshApi: configure at least one place to resolve misses from");
+        if config.local_etcd.is_none() && config.mesh_api.is_none() && config.clusters_dir.is_none()
+        {
+            bail!(
+                "localEtcd, meshApi, clustersDir: configure at least one place to resolve misses from"
+            );
+        }
+        if let Some(dir) = &config.clusters_dir {
+            if !dir.is_dir() {
+                bail!("clustersDir: {} is not a directory", dir.display());
+            }
+            if config.mode == NodeMode::Cilium {
+                bail!(
+                    "clustersDir: direct remote lookups install into the standalone ipcache only; in cilium mode use meshApi (the mesh writes the local cache the agent reads)"
+                );
+            }
         }
         if let Some(etcd) = &config.local_etcd
             && etcd.endpoints.is_empty()

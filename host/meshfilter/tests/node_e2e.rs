@@ -749,6 +749,8 @@ fn cilium_mode_reads_ciliums_map_and_leaves_its_program_alone() {
     std::fs::write(&config, text).unwrap();
     let mut node = spawn_node(&config, &listen);
     let st = status(&listen);
+    let ours_before = st["datapath"]["packets"].as_u64().unwrap();
+    let theirs_before = stand_in.stats().get(meshfilter_common::ipcache::stat::PACKETS);
     assert_eq!(st["mode"], "cilium");
     assert_eq!(
         st["ipcacheMapId"].as_u64(),
@@ -789,10 +791,8 @@ fn cilium_mode_reads_ciliums_map_and_leaves_its_program_alone() {
         "meshfilter never writes Cilium's map"
     );
     // Every packet that reached meshfilter's program also reached the next one.
-    let ours = st["datapath"]["packets"].as_u64().unwrap();
-    let theirs = stand_in
-        .stats()
-        .get(meshfilter_common::ipcache::stat::PACKETS);
+    let ours = st["datapath"]["packets"].as_u64().unwrap() - ours_before;
+    let theirs = stand_in.stats().get(meshfilter_common::ipcache::stat::PACKETS) - theirs_before;
     assert!(
         ours > 0 && theirs == ours,
         "chain intact: meshfilter saw {ours}, the next program {theirs}"
@@ -826,4 +826,44 @@ fn cilium_mode_refuses_a_missing_or_foreign_map() {
         !Path::new("/sys/fs/bpf/no-such-dir").exists(),
         "never creates the pin"
     );
+}
+
+/// Standalone without the mesh API: the node reads the missed endpoint straight from the
+/// owning cluster's etcd, named in a clustermesh directory.
+#[test]
+fn reads_the_owning_remote_etcd_directly_when_configured() {
+    let mesh = Mesh::start();
+    let pods = Pods::new("r");
+    let _server = Server::start(&pods.ns_b);
+    let (config, listen) = mesh.node_config(
+        "direct",
+        &pods.host_a,
+        &format!(
+            "clustersDir: {}\n",
+            mesh.dir.path().join("clustermesh").display()
+        ),
+    );
+    let text: String = std::fs::read_to_string(&config)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with("meshApi:"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&config, text).unwrap();
+    let mut node = spawn_node(&config, &listen);
+    let took = connect_from(&pods.ns_a, POD_B_REGIONAL, Duration::from_secs(5))
+        .expect("connects through a direct remote lookup");
+    assert!(
+        took < Duration::from_millis(2500),
+        "first retransmit, took {took:?}"
+    );
+    let st = status(&listen);
+    let found = st["recent"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|r| r["address"] == "198.51.100.7" && r["from"] == "remote-etcd");
+    assert!(found, "resolved from cluster B's etcd: {st:#}");
+    assert_eq!(resolver_reads(&mesh.addr), 0, "the mesh was not asked");
+    stop(&mut node);
 }

@@ -19,6 +19,8 @@ pub enum ResolvedFrom {
     LocalCache,
     /// From the owning remote cluster, through `meshfilter mesh`.
     Mesh,
+    /// Read directly from the owning remote cluster's etcd.
+    RemoteEtcd,
 }
 
 impl ResolvedFrom {
@@ -27,6 +29,7 @@ impl ResolvedFrom {
         match self {
             ResolvedFrom::LocalCache => "local-cache",
             ResolvedFrom::Mesh => "mesh",
+            ResolvedFrom::RemoteEtcd => "remote-etcd",
         }
     }
 }
@@ -46,6 +49,8 @@ pub struct Resolution {
 #[derive(Clone)]
 pub struct Resolvers {
     local: Option<Client>,
+    /// Remote clusters' etcds (the clustermesh-apiserver's), read directly.
+    remotes: std::collections::BTreeMap<String, Client>,
     mesh_api: Option<String>,
     /// One HTTP agent, so connections to the mesh are kept alive between lookups.
     http: ureq::Agent,
@@ -56,6 +61,7 @@ impl std::fmt::Debug for Resolvers {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Resolvers")
             .field("local_cache", &self.local.is_some())
+            .field("remotes", &self.remotes.keys().collect::<Vec<_>>())
             .field("mesh_api", &self.mesh_api)
             .field("timeout", &self.timeout)
             .finish()
@@ -67,14 +73,22 @@ impl Resolvers {
     pub fn new(local: Option<Client>, mesh_api: Option<String>, timeout: Duration) -> Resolvers {
         Resolvers {
             local,
+            remotes: std::collections::BTreeMap::new(),
             mesh_api: mesh_api.map(|u| u.trim_end_matches('/').to_owned()),
             http: ureq::AgentBuilder::new().timeout(timeout).build(),
             timeout,
         }
     }
 
-    /// Looks `addr` up in `clusters` (the miss hook's order) in the local cache, then
-    /// asks the mesh.
+    /// Also reads remote clusters' etcds directly (cluster name to client), tried after
+    /// the local cache and before the mesh.
+    pub fn with_remotes(mut self, remotes: std::collections::BTreeMap<String, Client>) -> Self {
+        self.remotes = remotes;
+        self
+    }
+
+    /// Looks `addr` up in `clusters` (the miss hook's order): in the local cache, in the
+    /// remote clusters' etcds, then through the mesh.
     pub async fn resolve(
         &self,
         addr: IpAddr,
@@ -89,6 +103,23 @@ impl Resolvers {
                 Ok(Err(e)) => tracing::debug!(%addr, error = %e, "local cache lookup failed"),
                 Err(_) => tracing::debug!(%addr, "local cache lookup timed out"),
             }
+        }
+        for cluster in clusters {
+            let Some(client) = self.remotes.get(cluster) else {
+                continue;
+            };
+            let lookup = remote_lookup(client.clone(), cluster, addr);
+            match tokio::time::timeout(self.timeout, lookup).await {
+                Ok(Ok(Some(found))) => return Ok(found),
+                Ok(Ok(None)) => {}
+                Ok(Err(e)) => {
+                    tracing::debug!(%addr, cluster, error = %e, "remote etcd lookup failed")
+                }
+                Err(_) => tracing::debug!(%addr, cluster, "remote etcd lookup timed out"),
+            }
+        }
+        if self.mesh_api.is_none() && !self.remotes.is_empty() {
+            return Err(ResolveError::NotFound);
         }
         match &self.mesh_api {
             Some(url) => mesh_lookup(self.http.clone(), url.clone(), addr).await,
@@ -130,6 +161,38 @@ async fn local_lookup(
         }
     }
     Ok(None)
+}
+
+/// The endpoint as its own cluster publishes it (`cilium/state/ip/v1/default/<ip>`).
+async fn remote_lookup(
+    mut client: Client,
+    cluster: &str,
+    addr: IpAddr,
+) -> Result<Option<Resolution>, etcd_client::Error> {
+    let Ok(name) = ClusterName::new(cluster) else {
+        return Ok(None);
+    };
+    let key = format!("cilium/state/ip/v1/default/{addr}");
+    let resp = client
+        .get(
+            key.as_str(),
+            Some(etcd_client::GetOptions::new().with_serializable()),
+        )
+        .await?;
+    let Some(kv) = resp.kvs().first() else {
+        return Ok(None);
+    };
+    match IpIdentityPair::parse(&name, &addr.to_string(), kv.value()) {
+        Ok(pair) => Ok(Some(Resolution {
+            cluster: cluster.to_owned(),
+            pair,
+            from: ResolvedFrom::RemoteEtcd,
+        })),
+        Err(e) => {
+            tracing::warn!(cluster, key, error = %e, "invalid value in a remote cluster");
+            Ok(None)
+        }
+    }
 }
 
 #[derive(serde::Deserialize)]

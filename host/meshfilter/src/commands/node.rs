@@ -79,7 +79,12 @@ async fn serve(config: NodeConfig) -> anyhow::Result<()> {
         let cancel = cancel.clone();
         tokio::spawn(async move { view.run(client, cancel).await })
     });
-    let resolvers = Resolvers::new(local, config.mesh_api.clone(), config.resolve_timeout);
+    let remotes = match &config.clusters_dir {
+        Some(dir) => connect_remotes(dir).await?,
+        None => Default::default(),
+    };
+    let resolvers = Resolvers::new(local, config.mesh_api.clone(), config.resolve_timeout)
+        .with_remotes(remotes);
     let agent = NodeAgent::new(
         datapath.clone(),
         view,
@@ -137,6 +142,36 @@ async fn serve(config: NodeConfig) -> anyhow::Result<()> {
     datapath.detach_all();
     tracing::info!("node agent stopped");
     Ok(())
+}
+
+/// Clients for every cluster file in a clustermesh directory; an unreachable cluster is
+/// logged and left out (the mesh API, if configured, still covers it).
+async fn connect_remotes(
+    dir: &std::path::Path,
+) -> anyhow::Result<std::collections::BTreeMap<String, etcd_client::Client>> {
+    let mut remotes = std::collections::BTreeMap::new();
+    let entries =
+        std::fs::read_dir(dir).with_context(|| format!("clustersDir: {}", dir.display()))?;
+    for entry in entries {
+        let path = entry?.path();
+        let Some(name) = path.file_name().and_then(|n| n.to_str()).map(str::to_owned) else {
+            continue;
+        };
+        if name.starts_with('.') || !path.is_file() {
+            continue;
+        }
+        let etcd = meshfilter_sync::EtcdConfig::from_file(&path)
+            .with_context(|| format!("clustersDir: {}", path.display()))?;
+        match etcd.connect(&name).await {
+            Ok(client) => {
+                remotes.insert(name, client);
+            }
+            Err(e) => {
+                tracing::warn!(cluster = %name, error = %e, "remote cluster unreachable; not read directly")
+            }
+        }
+    }
+    Ok(remotes)
 }
 
 async fn metrics_handler(State(shared): State<Arc<Shared>>) -> (StatusCode, String) {
