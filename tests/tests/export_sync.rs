@@ -2,7 +2,7 @@
 //! the export: the whole pipeline on real etcd servers with the real cfp-scope module.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use meshfilter_cilium::ClusterName;
 use meshfilter_filter_runtime::{
@@ -11,7 +11,7 @@ use meshfilter_filter_runtime::{
 use meshfilter_sync::{Backoff, EtcdConfig, ExportCluster, ExportStatusHandle, RemoteCluster};
 use meshfilter_tests::cilium_data::{SourceCluster, list, put_all};
 use meshfilter_tests::etcd::EtcdServer;
-use meshfilter_tests::{module_bytes, writer_into};
+use meshfilter_tests::{eventually, module_bytes, writer_into};
 use tokio_util::sync::CancellationToken;
 
 fn runtime(
@@ -30,17 +30,6 @@ fn runtime(
         FilterMetrics::default(),
     )
     .unwrap()
-}
-
-async fn eventually(what: &str, mut check: impl AsyncFnMut() -> Result<(), String>) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        match check().await {
-            Ok(()) => return,
-            Err(e) if Instant::now() > deadline => panic!("{what}: {e}"),
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    }
 }
 
 fn ips(kvs: &[(String, String)]) -> Vec<String> {
