@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use etcd_client::Client;
+use meshfilter_cilium::cluster_config::EndpointSlicesExportMode;
 use meshfilter_cilium::keys::{Resource, cluster_config_key};
 use meshfilter_cilium::{CiliumClusterConfig, ClusterName, KvstoreValue};
 use meshfilter_filter_runtime::FilterRuntime;
@@ -182,10 +183,24 @@ impl RemoteCluster {
         let mut nodes_synced = self.spawn(&mut tasks, &cancel, &handle, nodes_mirror, &client);
         let mut identities_synced =
             self.spawn(&mut tasks, &cancel, &handle, identities_mirror, &client);
-        for resource in [Resource::Services, Resource::ServiceExports] {
-            if resource == Resource::ServiceExports
-                && remote_config.capabilities.service_exports_enabled.is_none()
-            {
+        // As kvstoremesh enables them: service exports when the remote says it exports
+        // them, endpoint slices (opaque zstd protobuf, copied as bytes) when it runs
+        // service v2, legacy services unless it runs service v2 only.
+        let slices = &remote_config.capabilities.endpoint_slices_export_mode;
+        for resource in [
+            Resource::Services,
+            Resource::ServiceExports,
+            Resource::EndpointSlices,
+        ] {
+            let enabled = match resource {
+                Resource::ServiceExports => {
+                    remote_config.capabilities.service_exports_enabled.is_some()
+                }
+                Resource::EndpointSlices => *slices != EndpointSlicesExportMode::ServicesOnly,
+                Resource::Services => *slices != EndpointSlicesExportMode::EndpointSlicesOnly,
+                _ => true,
+            };
+            if !enabled {
                 continue;
             }
             let mirror = VerbatimMirror::new(
