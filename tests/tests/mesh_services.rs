@@ -120,3 +120,75 @@ async fn endpoint_slices_and_services_follow_the_remotes_export_mode() {
         let _ = t.await;
     }
 }
+
+/// A remote whose cluster config changes (here its cluster ID, as when a cluster is
+/// re-installed under a new ID behind the same clustermesh endpoint): everything is
+/// re-listed with the new config, endpoints whose identities fall outside the new ID's
+/// range leave the cache, new ones in range arrive, and the cached config follows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_cluster_config_restarts_the_remote() {
+    let local = EtcdServer::start("local");
+    let etcd = EtcdServer::start("east");
+    let before = SourceCluster::new("east", 3, "eu-west-1", "eu-west-1a");
+    let after = SourceCluster::new("east", 5, "eu-west-1", "eu-west-1a");
+    let remote = etcd_client::Client::connect([etcd.endpoint()], None)
+        .await
+        .unwrap();
+    put_all(
+        &remote,
+        [
+            before.config_kv(),
+            before.node_kv(0),
+            before.identity_kv(0, "web", "shop"),
+            before.endpoint_kv(0, 0, 0, Some("global")),
+        ],
+    )
+    .await;
+
+    let cancel = CancellationToken::new();
+    let (client, writer) = writer_into(&local, "mesh", &cancel).await;
+    let runtime = cfp_scope_runtime(Locality::cluster("local"));
+    let config = meshfilter_sync::EtcdConfig::plain([etcd.endpoint()]);
+    let (handle, task) = spawn_remote("east", config, writer, runtime, &cancel);
+    let old_key = format!("cilium/cache/ip/v1/east/{}", before.pod_ip(0, 0));
+    eventually("the first endpoint is mirrored", async || {
+        get(&client, &old_key)
+            .await
+            .map(|_| ())
+            .ok_or("not yet".into())
+    })
+    .await;
+
+    // Re-installed as cluster 5: new config, new identities and endpoints; the old
+    // endpoint is still published (stale) with its cluster-3 identity.
+    put_all(
+        &remote,
+        [
+            after.config_kv(),
+            after.identity_kv(0, "web", "shop"),
+            after.endpoint_kv(0, 0, 0, Some("global")),
+        ],
+    )
+    .await;
+    let new_key = format!("cilium/cache/ip/v1/east/{}", after.pod_ip(0, 0));
+    eventually("re-listed under the new cluster ID", async || {
+        let config = get(&client, "cilium/cluster-config/east")
+            .await
+            .unwrap_or_default();
+        let config = String::from_utf8_lossy(&config).to_string();
+        if !config.contains(r#""id":5"#) {
+            return Err(format!("cached config: {config}"));
+        }
+        if get(&client, &new_key).await.is_none() {
+            return Err("the cluster-5 endpoint is not mirrored".into());
+        }
+        if get(&client, &old_key).await.is_some() {
+            return Err("the cluster-3 endpoint is still cached".into());
+        }
+        Ok(())
+    })
+    .await;
+    assert_eq!(handle.snapshot().config_changes, 1);
+    cancel.cancel();
+    let _ = task.await;
+}

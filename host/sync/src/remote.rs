@@ -37,6 +37,8 @@ pub struct RemoteStatus {
     pub connect_failures: u64,
     /// Last connection error.
     pub last_error: Option<String>,
+    /// Times the remote's cluster config changed and everything was re-listed.
+    pub config_changes: u64,
     /// Per resource.
     pub resources: BTreeMap<String, ReflectorStatus>,
     /// What the import hook kept and filtered.
@@ -103,8 +105,31 @@ impl RemoteCluster {
     }
 
     /// Connects (retrying with backoff), reads the remote's cluster config, writes the
-    /// cached config locally and runs the reflectors until `cancel`.
+    /// cached config locally and runs the reflectors until `cancel`. A change of the
+    /// remote's cluster config (its cluster ID, or what it exports) ends the session and
+    /// starts a new one with the new config: the reflectors re-list, the identity range
+    /// follows the new ID, and the cached config is rewritten.
     pub async fn run(mut self, cancel: CancellationToken, handle: RemoteStatusHandle) {
+        loop {
+            let session = cancel.child_token();
+            let changed = self.run_session(session.clone(), &handle).await;
+            if cancel.is_cancelled() || !changed {
+                return;
+            }
+            let mut s = self.status.lock();
+            s.config_changes += 1;
+            s.connected = false;
+            s.synced = false;
+        }
+    }
+
+    /// One connection: returns whether it ended because the remote's config changed.
+    async fn run_session(
+        &mut self,
+        cancel: CancellationToken,
+        handle: &RemoteStatusHandle,
+    ) -> bool {
+        let handle = handle.clone();
         let (client, remote_config) = loop {
             match self.connect().await {
                 Ok(ok) => break ok,
@@ -117,7 +142,7 @@ impl RemoteCluster {
                         s.last_error = Some(e.to_string());
                     }
                     tokio::select! {
-                        _ = cancel.cancelled() => return,
+                        _ = cancel.cancelled() => return false,
                         _ = tokio::time::sleep(delay) => {}
                     }
                 }
@@ -144,7 +169,7 @@ impl RemoteCluster {
                 Err(e) => {
                     tracing::warn!(cluster = %self.name, error = %e, "cannot write the cluster config locally; retrying");
                     tokio::select! {
-                        _ = cancel.cancelled() => return,
+                        _ = cancel.cancelled() => return false,
                         _ = tokio::time::sleep(self.backoff.next_delay()) => {}
                     }
                 }
@@ -237,8 +262,57 @@ impl RemoteCluster {
                 self.spawn_arc(&mut tasks, &cancel, &handle, endpoints, &client);
             }
         }
-        cancel.cancelled().await;
+        let changed = tokio::select! {
+            _ = cancel.cancelled() => false,
+            () = self.config_changed(&client, &remote_config) => true,
+        };
+        cancel.cancel();
         while tasks.join_next().await.is_some() {}
+        changed
+    }
+
+    /// Resolves when the remote's cluster config differs from `current`; never while it
+    /// stays the same (watch errors are retried, a missing or unparsable config is not a
+    /// change: the reflectors keep going with what they have).
+    async fn config_changed(&self, client: &Client, current: &CiliumClusterConfig) {
+        let key = cluster_config_key(&self.name);
+        loop {
+            let mut watch = client.watch_client();
+            if let Ok(mut stream) = watch.watch(key.as_bytes(), None).await {
+                // A change between the first read and this watch would be missed: read
+                // once more now that the watch is in place.
+                if let Ok((_, now)) = self.connect_with(client).await
+                    && &now != current
+                {
+                    self.log_config_change(current, &now);
+                    return;
+                }
+                while let Ok(Some(resp)) = stream.message().await {
+                    for event in resp.events() {
+                        let Some(kv) = event.kv() else { continue };
+                        if event.event_type() != etcd_client::EventType::Put {
+                            continue;
+                        }
+                        if let Ok(now) = CiliumClusterConfig::parse(&self.name, &key, kv.value())
+                            && &now != current
+                        {
+                            self.log_config_change(current, &now);
+                            return;
+                        }
+                    }
+                }
+            }
+            tokio::time::sleep(self.backoff.ceiling()).await;
+        }
+    }
+
+    fn log_config_change(&self, old: &CiliumClusterConfig, new: &CiliumClusterConfig) {
+        tracing::warn!(
+            cluster = %self.name,
+            old_id = old.id,
+            new_id = new.id,
+            "remote cluster config changed: reconnecting and re-listing everything"
+        );
     }
 
     fn spawn<M: Mirror>(
@@ -279,6 +353,15 @@ impl RemoteCluster {
 
     async fn connect(&self) -> Result<(Client, CiliumClusterConfig), SyncError> {
         let client = self.etcd.connect(self.name.as_str()).await?;
+        self.connect_with(&client).await
+    }
+
+    /// Reads the cluster config through `client`.
+    async fn connect_with(
+        &self,
+        client: &Client,
+    ) -> Result<(Client, CiliumClusterConfig), SyncError> {
+        let client = client.clone();
         let key = cluster_config_key(&self.name);
         let mut kv = client.kv_client();
         let resp = tokio::time::timeout(Duration::from_secs(10), kv.get(key.as_bytes(), None))
