@@ -159,6 +159,16 @@ fn mesh_mirrors_a_remote_and_reports_status() {
         metrics.contains("meshfilter_filter_generation 1"),
         "{metrics}"
     );
+    assert!(
+        metrics.contains(
+            // The global one, and the regional one resolved on demand above.
+            r#"meshfilter_reflector_target_entries{cluster="remote1",resource="endpoints"} 2"#
+        ) && metrics.contains(
+            r#"meshfilter_reflector_source_entries{cluster="remote1",resource="endpoints"} 2"#
+        ) && metrics
+            .contains(r#"meshfilter_reflector_synced{cluster="remote1",resource="nodes"} 1"#),
+        "per-resource metrics: {metrics}"
+    );
 
     // Removing the cluster file drains it: config first, then the cache after the grace.
     std::fs::remove_file(s.clusters().join("remote1")).unwrap();

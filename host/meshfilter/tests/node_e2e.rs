@@ -750,7 +750,9 @@ fn cilium_mode_reads_ciliums_map_and_leaves_its_program_alone() {
     let mut node = spawn_node(&config, &listen);
     let st = status(&listen);
     let ours_before = st["datapath"]["packets"].as_u64().unwrap();
-    let theirs_before = stand_in.stats().get(meshfilter_common::ipcache::stat::PACKETS);
+    let theirs_before = stand_in
+        .stats()
+        .get(meshfilter_common::ipcache::stat::PACKETS);
     assert_eq!(st["mode"], "cilium");
     assert_eq!(
         st["ipcacheMapId"].as_u64(),
@@ -792,7 +794,10 @@ fn cilium_mode_reads_ciliums_map_and_leaves_its_program_alone() {
     );
     // Every packet that reached meshfilter's program also reached the next one.
     let ours = st["datapath"]["packets"].as_u64().unwrap() - ours_before;
-    let theirs = stand_in.stats().get(meshfilter_common::ipcache::stat::PACKETS) - theirs_before;
+    let theirs = stand_in
+        .stats()
+        .get(meshfilter_common::ipcache::stat::PACKETS)
+        - theirs_before;
     assert!(
         ours > 0 && theirs == ours,
         "chain intact: meshfilter saw {ours}, the next program {theirs}"

@@ -11,6 +11,12 @@ struct ClusterLabel {
     cluster: String,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResourceLabel {
+    cluster: String,
+    resource: String,
+}
+
 /// Gauges per remote cluster and of the resolver.
 #[derive(Debug, Clone, Default)]
 pub struct MeshMetrics {
@@ -20,6 +26,12 @@ pub struct MeshMetrics {
     filtered: Family<ClusterLabel, Gauge>,
     invalid: Family<ClusterLabel, Gauge>,
     retries: Family<ClusterLabel, Gauge>,
+    config_changes: Family<ClusterLabel, Gauge>,
+    resource_synced: Family<ResourceLabel, Gauge>,
+    resource_source: Family<ResourceLabel, Gauge>,
+    resource_target: Family<ResourceLabel, Gauge>,
+    resource_lists: Family<ResourceLabel, Gauge>,
+    resource_retries: Family<ResourceLabel, Gauge>,
     resolver_requests: Gauge,
     resolver_remote_reads: Gauge,
     resolver_resolved: Gauge,
@@ -59,6 +71,37 @@ impl MeshMetrics {
             "retries",
             "Connection and watch failures that led to a retry",
             self.retries.clone(),
+        );
+        r.register(
+            "config_changes",
+            "Times the remote's cluster config changed and everything was re-listed",
+            self.config_changes.clone(),
+        );
+        let r = registry.sub_registry_with_prefix("meshfilter_reflector");
+        r.register(
+            "synced",
+            "The reflector's first list is written and its canary in place",
+            self.resource_synced.clone(),
+        );
+        r.register(
+            "source_entries",
+            "Entries at the remote, per resource",
+            self.resource_source.clone(),
+        );
+        r.register(
+            "target_entries",
+            "Entries written into the local cache, per resource",
+            self.resource_target.clone(),
+        );
+        r.register(
+            "lists",
+            "Lists done (the first plus every re-list), per resource",
+            self.resource_lists.clone(),
+        );
+        r.register(
+            "retries",
+            "Connection and watch failures that led to a retry, per resource",
+            self.resource_retries.clone(),
         );
         let r = registry.sub_registry_with_prefix("meshfilter_resolver");
         r.register(
@@ -111,6 +154,29 @@ impl MeshMetrics {
                 .unwrap_or(0)
                 + r["connectFailures"].as_i64().unwrap_or(0);
             self.retries.get_or_create(&label).set(retries);
+            self.config_changes
+                .get_or_create(&label)
+                .set(r["configChanges"].as_i64().unwrap_or(0));
+            for (resource, st) in r["resources"].as_object().into_iter().flatten() {
+                let label = ResourceLabel {
+                    cluster: label.cluster.clone(),
+                    resource: resource.clone(),
+                };
+                let int = |k: &str| st[k].as_i64().unwrap_or(0);
+                self.resource_synced
+                    .get_or_create(&label)
+                    .set(i64::from(st["synced"].as_bool().unwrap_or(false)));
+                self.resource_source
+                    .get_or_create(&label)
+                    .set(int("sourceEntries"));
+                self.resource_target
+                    .get_or_create(&label)
+                    .set(int("targetEntries"));
+                self.resource_lists.get_or_create(&label).set(int("lists"));
+                self.resource_retries
+                    .get_or_create(&label)
+                    .set(int("retries"));
+            }
         }
         let counter = |k: &str| status.resolver[k].as_i64().unwrap_or(0);
         self.resolver_requests.set(counter("requests"));
