@@ -90,6 +90,9 @@ pub struct Resolver {
     bucket: Mutex<(f64, Instant)>,
     inflight: Mutex<HashMap<IpAddr, Inflight>>,
     negative: Mutex<HashMap<IpAddr, Instant>>,
+    /// The lease resolved entries are written under, and when it was granted: shared by
+    /// every resolution within a second, so most cost one write, not a grant and a write.
+    lease: tokio::sync::Mutex<Option<(i64, Instant)>>,
     stats: ResolverStats,
 }
 
@@ -114,6 +117,7 @@ impl Resolver {
             bucket: Mutex::new((per_second, Instant::now())),
             inflight: Mutex::default(),
             negative: Mutex::default(),
+            lease: tokio::sync::Mutex::new(None),
             stats: ResolverStats::default(),
         })
     }
@@ -177,6 +181,20 @@ impl Resolver {
         }
     }
 
+    /// A lease that lives as long as a pin (plus at most the second it is shared for).
+    async fn write_lease(&self) -> Result<i64, etcd_client::Error> {
+        let mut lease = self.lease.lock().await;
+        if let Some((id, granted)) = *lease
+            && granted.elapsed() < Duration::from_secs(1)
+        {
+            return Ok(id);
+        }
+        let ttl = i64::try_from(self.pin_ttl.as_secs().max(1) + 1).unwrap_or(i64::MAX);
+        let id = self.local.lease_client().grant(ttl, None).await?.id();
+        *lease = Some((id, Instant::now()));
+        Ok(id)
+    }
+
     async fn fetch(&self, ip: IpAddr) -> Result<Resolved, ResolveError> {
         if !self.take_token() {
             self.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
@@ -194,7 +212,10 @@ impl Resolver {
             self.stats.remote_reads.fetch_add(1, Ordering::Relaxed);
             let found = client
                 .kv_client()
-                .get(format!("{prefix}{key_ip}"), None)
+                .get(
+                    format!("{prefix}{key_ip}"),
+                    Some(etcd_client::GetOptions::new().with_serializable()),
+                )
                 .await;
             let Ok(resp) = found else { continue };
             let Some(kv) = resp.kvs().first() else {
@@ -207,9 +228,8 @@ impl Resolver {
             // whole remote takes longer than a node agent should wait. The entry's own
             // lease ends with the pin, so nothing outlives it if the mirror never runs.
             let key = format!("cilium/cache/ip/v1/{cluster}/{key_ip}");
-            let ttl = i64::try_from(self.pin_ttl.as_secs().max(1)).unwrap_or(i64::MAX);
             let written = async {
-                let lease = self.local.lease_client().grant(ttl, None).await?.id();
+                let lease = self.write_lease().await?;
                 self.local
                     .kv_client()
                     .put(

@@ -81,7 +81,7 @@ async fn run_async(args: &BenchNodeArgs) -> anyhow::Result<()> {
 
     // Local cache: the agent resolves from the local etcd only.
     let static_cidrs = vec![StaticCidr {
-        cidr: "198.20.0.0/15".parse()?,
+        cidr: "198.20.0.0/14".parse()?,
         cluster: "cluster-c".into(),
     }];
     let resolvers = Resolvers::new(Some(client.clone()), None, Duration::from_secs(2));
@@ -164,9 +164,9 @@ fn per_packet_cost() -> anyhow::Result<()> {
         ..Default::default()
     })?;
     let mut ring = dp.take_events().context("ring")?;
-    dp.upsert_mesh_cidr("198.20.0.0/15".parse()?, 3)?;
+    dp.upsert_mesh_cidr("198.20.0.0/14".parse()?, 3)?;
     dp.upsert_ipcache(
-        "198.20.0.0/15".parse()?,
+        "198.20.0.0/14".parse()?,
         endpoint_info(9, Some(POD.into()), 0),
     )?;
     dp.upsert_ipcache(
