@@ -1,5 +1,6 @@
-//! Faults against real etcd: a partition cut through a TCP proxy and healed, a compaction
-//! while disconnected, kill -9 and restart of the remote etcd, and a local etcd restart.
+//! Faults against real etcd: compactions during an active watch, a partition cut through a
+//! TCP proxy and healed, a compaction while disconnected, kill -9 and restart of the remote
+//! etcd, and a local etcd restart.
 //! Nothing is lost, nothing stale stays, and the mirror keeps running throughout.
 
 use std::time::{Duration, Instant};
@@ -65,6 +66,37 @@ async fn partitions_compaction_and_restarts_converge() {
         &cancel,
     );
     wait_pods(&local, &c, &[0, 1, 2, 3], "initial sync").await;
+
+    // Compaction during an active watch: churn on one pod while compacting up to the
+    // head after every change, no partition. The watch keeps going or is cancelled as
+    // compacted and re-lists; either way the cache ends where the source ends.
+    for round in 0..20 {
+        let scope = if round % 2 == 0 {
+            Some("cluster")
+        } else {
+            None
+        };
+        put_all(&remote, [c.endpoint_kv(0, 7, 0, scope)]).await;
+        let rev = remote
+            .kv_client()
+            .get("cilium", None)
+            .await
+            .unwrap()
+            .header()
+            .unwrap()
+            .revision();
+        remote.kv_client().compact(rev, None).await.unwrap();
+    }
+    wait_pods(&local, &c, &[0, 1, 2, 3, 7], "churn with compactions").await;
+    remote
+        .kv_client()
+        .delete(
+            format!("cilium/state/ip/v1/default/{}", c.pod_ip(0, 7)),
+            None,
+        )
+        .await
+        .unwrap();
+    wait_pods(&local, &c, &[0, 1, 2, 3], "a delete after the compactions").await;
 
     // Partition; changes and a compaction happen on the far side; heal.
     proxy.cut();
