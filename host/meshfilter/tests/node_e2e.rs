@@ -214,6 +214,11 @@ struct Mesh {
 
 impl Mesh {
     fn start() -> Mesh {
+        Mesh::start_with("")
+    }
+
+    /// [`Mesh::start`] with `extra` YAML in the mesh config.
+    fn start_with(extra: &str) -> Mesh {
         let local = EtcdServer::start("cluster-a");
         let remote = EtcdServer::start("cluster-b");
         let r = remote.endpoint();
@@ -263,7 +268,7 @@ impl Mesh {
         std::fs::write(
             &config,
             format!(
-                "cluster: {{name: cluster-a, zone: eu-west-1a, region: eu-west-1}}\nlocalEtcd:\n  endpoints: [{}]\nclustersDir: {}\nlisten: {addr}\n",
+                "cluster: {{name: cluster-a, zone: eu-west-1a, region: eu-west-1}}\nlocalEtcd:\n  endpoints: [{}]\nclustersDir: {}\nlisten: {addr}\n{extra}",
                 local.endpoint(),
                 dir.path().join("clustermesh").display()
             ),
@@ -870,5 +875,100 @@ fn reads_the_owning_remote_etcd_directly_when_configured() {
         .any(|r| r["address"] == "198.51.100.7" && r["from"] == "remote-etcd");
     assert!(found, "resolved from cluster B's etcd: {st:#}");
     assert_eq!(resolver_reads(&mesh.addr), 0, "the mesh was not asked");
+    stop(&mut node);
+}
+
+/// The miss hook runs the filter modules of a mounted directory and follows their hot
+/// reload: first a manifest whose miss hook resolves nothing (the SYN is dropped and never
+/// answered), then cfp-scope (the next connection gets through on its first retransmit).
+/// An ignore decision made by the old generation does not outlive the reload.
+#[test]
+fn the_miss_hook_follows_a_filter_reload() {
+    let mesh = Mesh::start();
+    let pods = Pods::new("h");
+    let _server = Server::start(&pods.ns_b);
+    let filters = tempfile::tempdir().unwrap();
+    let cfp_scope: &[u8] = include_bytes!(concat!(
+        env!("MESHFILTER_SHIPPED_FILTERS"),
+        "/cfp-scope.wasm"
+    ));
+    std::fs::write(filters.path().join("cfp-scope.wasm"), cfp_scope).unwrap();
+    let manifest = |text: &str| {
+        let tmp = filters.path().join(".filters.yaml.tmp");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, filters.path().join("filters.yaml")).unwrap();
+    };
+    manifest("miss:\n  otherwise: closed\n");
+    let (config, listen) = mesh.node_config(
+        "reload",
+        &pods.host_a,
+        &format!("filters: {{directory: {}}}\n", filters.path().display()),
+    );
+    let mut node = spawn_node(&config, &listen);
+
+    let refused = connect_from(&pods.ns_a, POD_B_REGIONAL, Duration::from_millis(2500));
+    assert!(
+        refused.is_err(),
+        "the miss hook resolves nothing: {refused:?}"
+    );
+    let st = status(&listen);
+    assert!(
+        st["recent"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["address"] == "198.51.100.7" && r["outcome"] == "ignored"),
+        "ignored by generation 1: {st:#}"
+    );
+
+    manifest("miss:\n  chain:\n  - module: cfp-scope.wasm\n");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !http_get(&format!("http://{listen}/metrics")).contains("meshfilter_filter_generation 2")
+    {
+        assert!(Instant::now() < deadline, "generation 2 never loaded");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let took = connect_from(&pods.ns_a, POD_B_REGIONAL, Duration::from_secs(5))
+        .expect("connects once cfp-scope decides the miss");
+    assert!(
+        took < Duration::from_millis(2500),
+        "first retransmit, took {took:?}"
+    );
+    stop(&mut node);
+}
+
+/// A resolved entry lives as long as the mesh's pin: once nobody resolves it again, it
+/// leaves the local cache and then the standalone ipcache, and the next packet misses
+/// again (and is resolved again).
+#[test]
+fn resolved_entries_expire_with_their_pin() {
+    let mesh = Mesh::start_with("resolve: {pinTtl: 2s}\n");
+    let pods = Pods::new("x");
+    let _server = Server::start(&pods.ns_b);
+    let (config, listen) = mesh.node_config("expiry", &pods.host_a, "");
+    let mut node = spawn_node(&config, &listen);
+    connect_from(&pods.ns_a, POD_B_REGIONAL, Duration::from_secs(5)).expect("resolved");
+    let map_id = status(&listen)["ipcacheMapId"].as_u64().unwrap();
+    let has_entry = || {
+        bpftool_dump(map_id)
+            .iter()
+            .any(|(k, _)| k[0..4] == 64u32.to_ne_bytes() && k[8..12] == [198, 51, 100, 7])
+    };
+    assert!(has_entry(), "installed");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while has_entry() {
+        assert!(Instant::now() < deadline, "the entry outlived its pin");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let cached = etcdctl(
+        &mesh.local.endpoint(),
+        &["get", "cilium/cache/ip/v1/cluster-b/198.51.100.7"],
+    );
+    assert!(cached.is_empty(), "gone from the local cache too: {cached}");
+    let took = connect_from(&pods.ns_a, POD_B_REGIONAL, Duration::from_secs(5)).expect("again");
+    assert!(
+        took >= Duration::from_millis(900),
+        "missed again, took {took:?}"
+    );
     stop(&mut node);
 }

@@ -150,7 +150,9 @@ pub struct NodeAgent {
     filters: Option<Arc<FilterRuntime>>,
     resolvers: Resolvers,
     config: AgentConfig,
-    negative: Mutex<HashMap<IpAddr, Instant>>,
+    /// Until when an address is not looked up again, and, for an ignore decision of the
+    /// miss hook, which filter generation made it (a reload ends such entries early).
+    negative: Mutex<HashMap<IpAddr, (Instant, Option<u64>)>>,
     inflight: Mutex<HashSet<IpAddr>>,
     outcomes: Mutex<HashMap<Outcome, u64>>,
     recent: Mutex<VecDeque<RecentMiss>>,
@@ -294,11 +296,12 @@ impl NodeAgent {
 
     async fn handle(&self, miss: Miss) {
         let addr = miss.addr;
+        let generation = self.filters.as_ref().map(|f| f.current().number);
         if self
             .negative
             .lock()
             .get(&addr)
-            .is_some_and(|until| *until > Instant::now())
+            .is_some_and(|(until, by)| *until > Instant::now() && (by.is_none() || *by == generation))
         {
             self.finish(
                 addr,
@@ -336,11 +339,14 @@ impl NodeAgent {
             local_node: self.config.node_name.clone(),
             candidates: candidates.clone(),
         });
+        let mut generation = None;
         let decision = match &self.filters {
             Some(filters) => {
                 // One call, memoised, bounded by the module's epoch deadline: cheaper
                 // inline than handing the worker thread over with block_in_place.
-                filters.current().decide_miss(&input).decision
+                let verdict = filters.current().decide_miss(&input);
+                generation = Some(verdict.generation);
+                verdict.decision
             }
             None => {
                 let mut clusters: Vec<String> = candidates
@@ -358,7 +364,9 @@ impl NodeAgent {
         };
         let (clusters, reason) = match decision {
             MissDecision::Ignore { ttl, reason } => {
-                self.negative.lock().insert(miss.addr, Instant::now() + ttl);
+                self.negative
+                    .lock()
+                    .insert(miss.addr, (Instant::now() + ttl, generation));
                 return (Outcome::Ignored, None, reason.to_string());
             }
             MissDecision::Resolve { clusters, reason } => (clusters, reason),
@@ -392,13 +400,13 @@ impl NodeAgent {
             Err(ResolveError::NotFound) => {
                 self.negative
                     .lock()
-                    .insert(miss.addr, Instant::now() + self.config.negative_ttl);
+                    .insert(miss.addr, (Instant::now() + self.config.negative_ttl, None));
                 (Outcome::NotFound, None, ResolveError::NotFound.to_string())
             }
             Err(e) => {
                 self.negative
                     .lock()
-                    .insert(miss.addr, Instant::now() + self.config.retry_after);
+                    .insert(miss.addr, (Instant::now() + self.config.retry_after, None));
                 tracing::warn!(addr = %miss.addr, error = %e, "resolving a missed address");
                 (Outcome::Failed, None, e.to_string())
             }
@@ -439,6 +447,6 @@ impl NodeAgent {
 
     fn sweep_negative(&self) {
         let now = Instant::now();
-        self.negative.lock().retain(|_, until| *until > now);
+        self.negative.lock().retain(|_, (until, _)| *until > now);
     }
 }
