@@ -297,12 +297,9 @@ impl NodeAgent {
     async fn handle(&self, miss: Miss) {
         let addr = miss.addr;
         let generation = self.filters.as_ref().map(|f| f.current().number);
-        if self
-            .negative
-            .lock()
-            .get(&addr)
-            .is_some_and(|(until, by)| *until > Instant::now() && (by.is_none() || *by == generation))
-        {
+        if self.negative.lock().get(&addr).is_some_and(|(until, by)| {
+            *until > Instant::now() && (by.is_none() || *by == generation)
+        }) {
             self.finish(
                 addr,
                 Outcome::NegativeCached,
