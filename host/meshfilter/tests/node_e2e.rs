@@ -797,12 +797,21 @@ fn cilium_mode_reads_ciliums_map_and_leaves_its_program_alone() {
         before,
         "meshfilter never writes Cilium's map"
     );
-    // Every packet that reached meshfilter's program also reached the next one.
-    let ours = st["datapath"]["packets"].as_u64().unwrap() - ours_before;
-    let theirs = stand_in
-        .stats()
-        .get(meshfilter_common::ipcache::stat::PACKETS)
-        - theirs_before;
+    // Every packet that reached meshfilter's program also reached the next one. Both
+    // counters are read together until no packet is between them (a late FIN or an IPv6
+    // neighbour solicitation may be on its way).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let (ours, theirs) = loop {
+        let ours = status(&listen)["datapath"]["packets"].as_u64().unwrap() - ours_before;
+        let theirs = stand_in
+            .stats()
+            .get(meshfilter_common::ipcache::stat::PACKETS)
+            - theirs_before;
+        if ours == theirs || Instant::now() > deadline {
+            break (ours, theirs);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
     assert!(
         ours > 0 && theirs == ours,
         "chain intact: meshfilter saw {ours}, the next program {theirs}"

@@ -379,7 +379,7 @@ impl NodeAgent {
         match found {
             Ok(found) => {
                 let identity = found.pair.id;
-                self.view.install_endpoint(&found.cluster, found.pair);
+                self.view.install_endpoint(found.pair);
                 let latency_us = monotonic_ns().saturating_sub(miss.ts_ns) / 1000;
                 self.metrics.observe_latency(latency_us);
                 let mut samples = self.latencies.lock();

@@ -279,8 +279,12 @@ impl Datapath {
         self.attached.lock().clone()
     }
 
-    /// Detaches from every interface (also done when the datapath is dropped).
+    /// Detaches from every interface (also done when the datapath is dropped); a second
+    /// call does nothing.
     pub fn detach_all(&self) {
+        if self.attached.lock().is_empty() {
+            return;
+        }
         let mut ebpf = self.ebpf.lock();
         let Some(program) = ebpf.program_mut(names::PROGRAM) else {
             return;

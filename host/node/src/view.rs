@@ -350,7 +350,7 @@ impl MeshView {
                             .endpoints
                             .insert(addr, (cluster.to_owned(), pair.clone()));
                         if self.mirror_cache {
-                            self.install_endpoint(cluster, pair);
+                            self.install_endpoint(pair);
                         }
                     }
                     Err(e) => self.invalid(key, &e),
@@ -418,11 +418,10 @@ impl MeshView {
 
     /// Installs a resolved or cached endpoint into the standalone ipcache (a no-op in
     /// cilium mode, where the agent installs what the local cache holds).
-    pub fn install_endpoint(&self, cluster: &str, pair: IpIdentityPair) {
+    pub fn install_endpoint(&self, pair: IpIdentityPair) {
         if !self.standalone {
             return;
         }
-        let _ = cluster;
         let ip = pair.ip();
         let info = endpoint_info(pair.id, pair.host_ip(), pair.key);
         match self.datapath.upsert_ipcache(IpNet::from(ip), info) {
