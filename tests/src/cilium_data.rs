@@ -82,6 +82,17 @@ impl SourceCluster {
         (self.id << 16) + 256 + local_id
     }
 
+    /// The smallest published cluster: its config, node 0, identity 0 (`app=web` in
+    /// namespace `shop`) and pod 0 of node 0 with `scope`.
+    pub fn one_pod(&self, scope: Option<&str>) -> Vec<(String, String)> {
+        vec![
+            self.config_kv(),
+            self.node_kv(0),
+            self.identity_kv(0, "web", "shop"),
+            self.endpoint_kv(0, 0, 0, scope),
+        ]
+    }
+
     /// An ipcache entry for pod `i` on node `n`, with an optional `SyncScope`.
     pub fn endpoint_kv(
         &self,

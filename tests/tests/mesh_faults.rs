@@ -38,6 +38,19 @@ async fn wait_pods(local: &etcd_client::Client, c: &SourceCluster, pods: &[u32],
     }
 }
 
+/// Compacts the remote's history up to its current revision.
+async fn compact_to_head(remote: &etcd_client::Client) {
+    let head = remote.kv_client().get("cilium", None).await.unwrap();
+    let rev = head.header().unwrap().revision();
+    remote.kv_client().compact(rev, None).await.unwrap();
+}
+
+/// Deletes pod `i` of node 0 at the source.
+async fn delete_pod(remote: &etcd_client::Client, c: &SourceCluster, i: u32) {
+    let key = format!("cilium/state/ip/v1/default/{}", c.pod_ip(0, i));
+    remote.kv_client().delete(key, None).await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partitions_compaction_and_restarts_converge() {
     let mut local_etcd = EtcdServer::start("local");
@@ -77,25 +90,10 @@ async fn partitions_compaction_and_restarts_converge() {
             None
         };
         put_all(&remote, [c.endpoint_kv(0, 7, 0, scope)]).await;
-        let rev = remote
-            .kv_client()
-            .get("cilium", None)
-            .await
-            .unwrap()
-            .header()
-            .unwrap()
-            .revision();
-        remote.kv_client().compact(rev, None).await.unwrap();
+        compact_to_head(&remote).await;
     }
     wait_pods(&local, &c, &[0, 1, 2, 3, 7], "churn with compactions").await;
-    remote
-        .kv_client()
-        .delete(
-            format!("cilium/state/ip/v1/default/{}", c.pod_ip(0, 7)),
-            None,
-        )
-        .await
-        .unwrap();
+    delete_pod(&remote, &c, 7).await;
     wait_pods(&local, &c, &[0, 1, 2, 3], "a delete after the compactions").await;
 
     // Partition; changes and a compaction happen on the far side; heal.
@@ -109,23 +107,8 @@ async fn partitions_compaction_and_restarts_converge() {
         ],
     )
     .await;
-    remote
-        .kv_client()
-        .delete(
-            format!("cilium/state/ip/v1/default/{}", c.pod_ip(0, 0)),
-            None,
-        )
-        .await
-        .unwrap();
-    let rev = remote
-        .kv_client()
-        .get("cilium", None)
-        .await
-        .unwrap()
-        .header()
-        .unwrap()
-        .revision();
-    remote.kv_client().compact(rev, None).await.unwrap();
+    delete_pod(&remote, &c, 0).await;
+    compact_to_head(&remote).await;
     assert_eq!(
         cached_pods(&local, &c).await.len(),
         4,
@@ -142,14 +125,7 @@ async fn partitions_compaction_and_restarts_converge() {
         .await
         .unwrap();
     put_all(&remote, [c.endpoint_kv(0, 5, 0, None)]).await;
-    remote
-        .kv_client()
-        .delete(
-            format!("cilium/state/ip/v1/default/{}", c.pod_ip(0, 2)),
-            None,
-        )
-        .await
-        .unwrap();
+    delete_pod(&remote, &c, 2).await;
     wait_pods(&local, &c, &[1, 3, 4, 5], "after the remote etcd restarted").await;
 
     // The local etcd restarts; changes made meanwhile arrive once it is back.

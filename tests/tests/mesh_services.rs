@@ -134,16 +134,7 @@ async fn a_changed_cluster_config_restarts_the_remote() {
     let remote = etcd_client::Client::connect([etcd.endpoint()], None)
         .await
         .unwrap();
-    put_all(
-        &remote,
-        [
-            before.config_kv(),
-            before.node_kv(0),
-            before.identity_kv(0, "web", "shop"),
-            before.endpoint_kv(0, 0, 0, Some("global")),
-        ],
-    )
-    .await;
+    put_all(&remote, before.one_pod(Some("global"))).await;
 
     let cancel = CancellationToken::new();
     let (client, writer) = writer_into(&local, "mesh", &cancel).await;

@@ -326,16 +326,7 @@ async fn keys_of_a_lost_lease_are_written_again() {
     let remote = etcd_client::Client::connect([remote_etcd.endpoint()], None)
         .await
         .unwrap();
-    put_all(
-        &remote,
-        [
-            c.config_kv(),
-            c.node_kv(0),
-            c.identity_kv(0, "web", "shop"),
-            c.endpoint_kv(0, 0, 0, None),
-        ],
-    )
-    .await;
+    put_all(&remote, c.one_pod(None)).await;
     let mut filters = ConfigMapDir::new();
     let cfp = module_bytes("cfp-scope");
     filters.update(&[

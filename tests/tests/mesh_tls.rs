@@ -29,16 +29,7 @@ async fn mirrors_over_mutual_tls_and_refuses_without_a_client_certificate() {
         .connect("remote")
         .await
         .expect("mTLS connect");
-    put_all(
-        &remote,
-        [
-            c.config_kv(),
-            c.node_kv(0),
-            c.identity_kv(0, "web", "shop"),
-            c.endpoint_kv(0, 0, 0, None),
-        ],
-    )
-    .await;
+    put_all(&remote, c.one_pod(None)).await;
 
     let rt = cfp_scope_runtime(Locality::cluster("local"));
     let cancel = CancellationToken::new();

@@ -22,16 +22,7 @@ async fn resolves_on_demand_dedups_and_bounds_floods() {
     let remote = etcd_client::Client::connect([remote_etcd.endpoint()], None)
         .await
         .unwrap();
-    put_all(
-        &remote,
-        [
-            c.config_kv(),
-            c.node_kv(0),
-            c.identity_kv(0, "web", "shop"),
-            c.endpoint_kv(0, 0, 0, Some("regional")),
-        ],
-    )
-    .await;
+    put_all(&remote, c.one_pod(Some("regional"))).await;
     let rt = cfp_scope_runtime(Locality {
         cluster: "local".into(),
         zone: None,

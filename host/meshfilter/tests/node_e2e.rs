@@ -33,7 +33,8 @@ const POD_B_REGIONAL: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
 const POD_B_GLOBAL: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 8);
 const PORT: u16 = 8080;
 
-fn sh(args: &[&str]) {
+/// Runs a command; panics with its stderr on failure, returns its stdout.
+fn sh(args: &[&str]) -> Vec<u8> {
     let out = Command::new(args[0])
         .args(&args[1..])
         .output()
@@ -43,6 +44,7 @@ fn sh(args: &[&str]) {
         "{args:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    out.stdout
 }
 
 /// Two pods bridged through the root namespace. Deleted on drop.
@@ -364,17 +366,8 @@ fn status(listen: &str) -> serde_json::Value {
 
 /// `bpftool map dump id N` (JSON): `(key bytes, value bytes)` per entry.
 fn bpftool_dump(id: u64) -> Vec<(Vec<u8>, Vec<u8>)> {
-    let out = Command::new("bpftool")
-        .args(["-j", "map", "dump", "id", &id.to_string()])
-        .output()
-        .expect("bpftool");
-    assert!(
-        out.status.success(),
-        "bpftool: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let entries: Vec<serde_json::Value> =
-        serde_json::from_slice(&out.stdout).expect("bpftool JSON");
+    let out = sh(&["bpftool", "-j", "map", "dump", "id", &id.to_string()]);
+    let entries: Vec<serde_json::Value> = serde_json::from_slice(&out).expect("bpftool JSON");
     let bytes = |v: &serde_json::Value| -> Vec<u8> {
         v.as_array()
             .expect("hex byte array")
@@ -699,11 +692,15 @@ impl CiliumIpcache {
     }
 
     fn id(&self) -> u64 {
-        let out = Command::new("bpftool")
-            .args(["-j", "map", "show", "pinned", self.pin.to_str().unwrap()])
-            .output()
-            .unwrap();
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let out = sh(&[
+            "bpftool",
+            "-j",
+            "map",
+            "show",
+            "pinned",
+            self.pin.to_str().unwrap(),
+        ]);
+        let v: serde_json::Value = serde_json::from_slice(&out).expect("bpftool JSON");
         v["id"].as_u64().unwrap()
     }
 }

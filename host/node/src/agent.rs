@@ -271,8 +271,8 @@ impl NodeAgent {
                 .iter()
                 .map(|(o, n)| (o.as_str(), *n))
                 .collect(),
-            negative_cached: self.negative.lock().len(),
-            in_flight: self.inflight.lock().len(),
+            negative_cached: self.negative_cached(),
+            in_flight: self.in_flight(),
             latency_us,
             view: self.view.status(),
             recent: self.recent.lock().iter().cloned().collect(),
@@ -282,6 +282,16 @@ impl NodeAgent {
     /// Forgets the latency samples (between benchmark phases).
     pub fn clear_latencies(&self) {
         self.latencies.lock().clear();
+    }
+
+    /// Addresses being resolved now.
+    pub fn in_flight(&self) -> usize {
+        self.inflight.lock().len()
+    }
+
+    /// Addresses negative-cached now.
+    pub fn negative_cached(&self) -> usize {
+        self.negative.lock().len()
     }
 
     /// Reader counters (for metrics).

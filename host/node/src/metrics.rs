@@ -111,8 +111,7 @@ impl NodeMetrics {
                 .get_or_create(&CounterLabel { counter })
                 .set(value.load(Ordering::Relaxed) as i64);
         }
-        let status = agent.status();
-        self.in_flight.set(status.in_flight as i64);
-        self.negative.set(status.negative_cached as i64);
+        self.in_flight.set(agent.in_flight() as i64);
+        self.negative.set(agent.negative_cached() as i64);
     }
 }

@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use etcd_client::Client;
-use meshfilter_cilium::{ClusterName, IpIdentityPair, KvstoreValue};
+use meshfilter_cilium::{ClusterName, IpIdentityPair, KvstoreValue, Resource};
 
 use crate::error::ResolveError;
 
@@ -94,32 +94,42 @@ impl Resolvers {
         addr: IpAddr,
         clusters: &[String],
     ) -> Result<Resolution, ResolveError> {
-        if let Some(client) = &self.local {
-            match tokio::time::timeout(self.timeout, local_lookup(client.clone(), addr, clusters))
-                .await
-            {
-                Ok(Ok(Some(found))) => return Ok(found),
-                Ok(Ok(None)) => {}
-                Ok(Err(e)) => tracing::debug!(%addr, error = %e, "local cache lookup failed"),
-                Err(_) => tracing::debug!(%addr, "local cache lookup timed out"),
-            }
+        let suffix = addr.to_string();
+        // The local cache for every candidate first, then each candidate's own etcd.
+        let mut lookups: Vec<(&Client, &String, ResolvedFrom)> = Vec::new();
+        if let Some(local) = &self.local {
+            lookups.extend(
+                clusters
+                    .iter()
+                    .map(|c| (local, c, ResolvedFrom::LocalCache)),
+            );
         }
         for cluster in clusters {
-            let Some(client) = self.remotes.get(cluster) else {
-                continue;
-            };
-            let lookup = remote_lookup(client.clone(), cluster, addr);
-            match tokio::time::timeout(self.timeout, lookup).await {
-                Ok(Ok(Some(found))) => return Ok(found),
-                Ok(Ok(None)) => {}
-                Ok(Err(e)) => {
-                    tracing::debug!(%addr, cluster, error = %e, "remote etcd lookup failed")
-                }
-                Err(_) => tracing::debug!(%addr, cluster, "remote etcd lookup timed out"),
+            if let Some(remote) = self.remotes.get(cluster) {
+                lookups.push((remote, cluster, ResolvedFrom::RemoteEtcd));
             }
         }
-        if self.mesh_api.is_none() && !self.remotes.is_empty() {
-            return Err(ResolveError::NotFound);
+        for (client, cluster, from) in lookups {
+            let Ok(name) = ClusterName::new(cluster.as_str()) else {
+                continue;
+            };
+            let key = match from {
+                ResolvedFrom::LocalCache => Resource::Endpoints.cache_key(&name, &suffix),
+                _ => Resource::Endpoints.source_key(&name, &suffix),
+            };
+            let read = read_entry(client.clone(), &name, &key, &suffix);
+            match tokio::time::timeout(self.timeout, read).await {
+                Ok(Ok(Some(pair))) => {
+                    return Ok(Resolution {
+                        cluster: cluster.clone(),
+                        pair,
+                        from,
+                    });
+                }
+                Ok(Ok(None)) => {}
+                Ok(Err(e)) => tracing::debug!(key, error = %e, "etcd lookup failed"),
+                Err(_) => tracing::debug!(key, "etcd lookup timed out"),
+            }
         }
         match &self.mesh_api {
             Some(url) => mesh_lookup(self.http.clone(), url.clone(), addr).await,
@@ -128,68 +138,27 @@ impl Resolvers {
     }
 }
 
-async fn local_lookup(
+/// The entry under `key`, if there is a valid one. Serializable: answered by the member
+/// itself, no quorum round trip; a value a few milliseconds stale is as good here.
+async fn read_entry(
     mut client: Client,
-    addr: IpAddr,
-    clusters: &[String],
-) -> Result<Option<Resolution>, etcd_client::Error> {
-    for cluster in clusters {
-        let Ok(name) = ClusterName::new(cluster.as_str()) else {
-            continue;
-        };
-        let key = format!("cilium/cache/ip/v1/{cluster}/{addr}");
-        // Serializable: answered by the member itself, no quorum round trip; a value
-        // a few milliseconds stale is as good as a fresh one here.
-        let resp = client
-            .get(
-                key.as_str(),
-                Some(etcd_client::GetOptions::new().with_serializable()),
-            )
-            .await?;
-        let Some(kv) = resp.kvs().first() else {
-            continue;
-        };
-        match IpIdentityPair::parse(&name, &addr.to_string(), kv.value()) {
-            Ok(pair) => {
-                return Ok(Some(Resolution {
-                    cluster: cluster.clone(),
-                    pair,
-                    from: ResolvedFrom::LocalCache,
-                }));
-            }
-            Err(e) => tracing::warn!(key, error = %e, "invalid value in the local cache"),
-        }
-    }
-    Ok(None)
-}
-
-/// The endpoint as its own cluster publishes it (`cilium/state/ip/v1/default/<ip>`).
-async fn remote_lookup(
-    mut client: Client,
-    cluster: &str,
-    addr: IpAddr,
-) -> Result<Option<Resolution>, etcd_client::Error> {
-    let Ok(name) = ClusterName::new(cluster) else {
-        return Ok(None);
-    };
-    let key = format!("cilium/state/ip/v1/default/{addr}");
+    cluster: &ClusterName,
+    key: &str,
+    ip: &str,
+) -> Result<Option<IpIdentityPair>, etcd_client::Error> {
     let resp = client
         .get(
-            key.as_str(),
+            key,
             Some(etcd_client::GetOptions::new().with_serializable()),
         )
         .await?;
     let Some(kv) = resp.kvs().first() else {
         return Ok(None);
     };
-    match IpIdentityPair::parse(&name, &addr.to_string(), kv.value()) {
-        Ok(pair) => Ok(Some(Resolution {
-            cluster: cluster.to_owned(),
-            pair,
-            from: ResolvedFrom::RemoteEtcd,
-        })),
+    match IpIdentityPair::parse(cluster, ip, kv.value()) {
+        Ok(pair) => Ok(Some(pair)),
         Err(e) => {
-            tracing::warn!(cluster, key, error = %e, "invalid value in a remote cluster");
+            tracing::warn!(key, error = %e, "skipping an invalid ipcache entry");
             Ok(None)
         }
     }

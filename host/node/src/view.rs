@@ -43,12 +43,15 @@ struct State {
     clusters: BTreeMap<String, u32>,
     /// `(cluster, node name)` → node.
     nodes: HashMap<(String, String), Node>,
+    /// Cluster → zone and region of (one of) its nodes, kept with the nodes so a miss
+    /// does not scan them.
+    localities: HashMap<String, (Option<String>, Option<String>)>,
     /// Every endpoint of the local cache.
     endpoints: HashMap<IpAddr, (String, IpIdentityPair)>,
     /// Endpoints this view put into the standalone ipcache.
     installed: HashSet<IpAddr>,
     /// Mesh pod CIDRs currently in the map, with their owner.
-    mesh_cidrs: HashMap<IpNet, String>,
+    mesh_cidrs: HashMap<IpNet, (String, u16)>,
     /// Values of pod-CIDR world entries currently in the ipcache (standalone).
     cidr_entries: HashMap<IpNet, RemoteEndpointInfo>,
     /// Counts of values that did not parse, per prefix.
@@ -148,37 +151,35 @@ impl MeshView {
             .iter()
             .filter(|(net, _)| net.contains(&addr))
             .max_by_key(|(net, _)| net.prefix_len())
-            .map(|(n, c)| (*n, c.clone()))
+            .map(|(n, (c, _))| (*n, c.clone()))
     }
 
     /// Clusters that could own `addr`, as the miss hook sees them: every known cluster
     /// with its region and zone (from its nodes), owners of a covering CIDR marked.
     pub fn candidates(&self, addr: IpAddr, hinted_cluster: Option<&str>) -> Vec<CandidateCluster> {
-        let owner = self.owner_of(addr).map(|(_, c)| c);
+        // The kernel already found the covering CIDR's cluster; scan only without it.
+        let owner = match hinted_cluster {
+            Some(c) => Some(c.to_owned()),
+            None => self.owner_of(addr).map(|(_, c)| c),
+        };
         let s = self.state.read();
-        let mut names: Vec<String> = s.clusters.keys().cloned().collect();
+        let mut names: Vec<&String> = s.clusters.keys().collect();
         for c in self.static_cidrs.iter().map(|c| &c.cluster) {
-            if !names.contains(c) {
-                names.push(c.clone());
+            if !names.contains(&c) {
+                names.push(c);
             }
         }
         names
             .into_iter()
             .map(|cluster| {
-                let node = s
-                    .nodes
-                    .iter()
-                    .find(|((c, _), _)| *c == cluster)
-                    .map(|(_, n)| n);
-                let owns_prefix = owner.as_deref() == Some(cluster.as_str())
-                    || hinted_cluster == Some(cluster.as_str());
+                let (zone, region) = s.localities.get(cluster).cloned().unwrap_or_default();
                 CandidateCluster {
+                    owns_prefix: owner.as_deref() == Some(cluster.as_str()),
                     locality: Locality {
-                        zone: node.and_then(|n| n.zone()).map(str::to_owned),
-                        region: node.and_then(|n| n.region()).map(str::to_owned),
-                        cluster,
+                        zone,
+                        region,
+                        cluster: cluster.clone(),
                     },
-                    owns_prefix,
                 }
             })
             .collect()
@@ -260,6 +261,9 @@ impl MeshView {
                     EventType::Put => self.put(prefix, key, kv.value()),
                     EventType::Delete => self.delete(prefix, key),
                 }
+                if prefix != ENDPOINTS_PREFIX {
+                    self.refresh_cidrs();
+                }
             }
         }
         Err(etcd_client::Error::WatchError(format!(
@@ -296,6 +300,12 @@ impl MeshView {
         for (key, value) in &snapshot {
             self.put(prefix, key, value);
         }
+        // Once per listing, not once per node: a relist of thousands of nodes would
+        // otherwise recompute every CIDR thousands of times. Cluster configs count too:
+        // they give the CIDRs their cluster IDs.
+        if prefix != ENDPOINTS_PREFIX {
+            self.refresh_cidrs();
+        }
     }
 
     fn put(&self, prefix: &'static str, key: &str, value: &[u8]) {
@@ -330,7 +340,6 @@ impl MeshView {
                             .write()
                             .nodes
                             .insert((cluster.to_owned(), name.to_owned()), node);
-                        self.refresh_cidrs();
                     }
                     Err(e) => self.invalid(key, &e),
                 }
@@ -375,7 +384,6 @@ impl MeshView {
                     .write()
                     .nodes
                     .remove(&(cluster.to_owned(), name.to_owned()));
-                self.refresh_cidrs();
             }
             _ => {
                 let Some((cluster, ip)) = rest.split_once('/') else {
@@ -456,12 +464,20 @@ impl MeshView {
         for c in &self.static_cidrs {
             wanted.insert(c.cidr.trunc(), (c.cluster.clone(), None));
         }
+        let mut localities = HashMap::new();
         for ((cluster, _), node) in &s.nodes {
+            localities.entry(cluster.clone()).or_insert_with(|| {
+                (
+                    node.zone().map(str::to_owned),
+                    node.region().map(str::to_owned),
+                )
+            });
             let tunnel = node.internal_ips().into_iter().next();
             for cidr in node.pod_cidrs() {
                 wanted.insert(cidr.trunc(), (cluster.clone(), tunnel));
             }
         }
+        s.localities = localities;
         let gone: Vec<IpNet> = s
             .mesh_cidrs
             .keys()
@@ -481,10 +497,11 @@ impl MeshView {
         }
         for (net, (cluster, tunnel)) in wanted {
             let cluster_id = s.clusters.get(&cluster).copied().unwrap_or(0) as u16;
-            if s.mesh_cidrs.get(&net) != Some(&cluster) {
+            let owner = (cluster, cluster_id);
+            if s.mesh_cidrs.get(&net) != Some(&owner) {
                 match self.datapath.upsert_mesh_cidr(net, cluster_id) {
                     Ok(()) => {
-                        s.mesh_cidrs.insert(net, cluster.clone());
+                        s.mesh_cidrs.insert(net, owner);
                     }
                     Err(e) => tracing::warn!(%net, error = %e, "adding a mesh pod CIDR"),
                 }

@@ -207,7 +207,7 @@ struct Bench {
     view: Arc<MeshView>,
     cancel: CancellationToken,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
-    view_task: Option<tokio::task::JoinHandle<()>>,
+    view_task: tokio::task::JoinHandle<()>,
 }
 
 impl Bench {
@@ -243,7 +243,7 @@ impl Bench {
         );
         let cancel = CancellationToken::new();
         let task = tokio::spawn(agent.clone().run(cancel.clone()));
-        let view_task = Some(tokio::spawn(view.clone().run(local, cancel.clone())));
+        let view_task = tokio::spawn(view.clone().run(local, cancel.clone()));
         Ok(Bench {
             datapath,
             agent,
@@ -346,9 +346,7 @@ impl Bench {
     async fn stop(self) {
         self.cancel.cancel();
         let _ = self.task.await;
-        if let Some(t) = self.view_task {
-            let _ = t.await;
-        }
+        let _ = self.view_task.await;
     }
 }
 
