@@ -422,6 +422,24 @@ fn first_retransmit_connects_to_a_filtered_out_pod() {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+        // The standalone ipcache, read from Rust, as a cilium-agent would have filled it:
+        // the synced pod's /32, the remote pod CIDR as world tunnelled to its node, and
+        // nothing for the filtered-out pod but that covering entry.
+        let synced = datapath
+            .lookup_ipcache(IpAddr::V4(POD_B_GLOBAL))
+            .expect("synced /32");
+        assert_eq!(synced.sec_identity, 131_074);
+        assert_eq!(synced.tunnel_endpoint[..4], [203, 0, 113, 2]);
+        let entries = datapath.ipcache_entries();
+        let cidr = "198.51.100.0/24".parse::<ipnet::IpNet>().unwrap();
+        assert!(
+            entries
+                .iter()
+                .any(|(net, v)| *net == cidr && v.sec_identity == 9),
+            "pod CIDR world entry: {entries:?}"
+        );
+        let covering = datapath.lookup_ipcache(IpAddr::V4(POD_B_REGIONAL));
+        assert_eq!(covering.map(|v| v.sec_identity), Some(9));
         datapath
             .attach(&Attachment {
                 interface: pods.host_a.clone(),
