@@ -46,6 +46,21 @@ impl SourceCluster {
         )
     }
 
+    /// The sync canaries clustermesh-apiserver writes once its initial lists are in etcd
+    /// (for the resources the config above exports: endpoints, identities, nodes, legacy
+    /// services). Readers list nothing before they exist.
+    pub fn synced_kvs(&self) -> Vec<(String, String)> {
+        ["ip", "identities", "nodes", "services"]
+            .iter()
+            .map(|r| {
+                (
+                    format!("cilium/synced/{}/cilium/state/{r}/v1", self.name),
+                    "2026-11-30T00:00:00Z".to_string(),
+                )
+            })
+            .collect()
+    }
+
     /// A node record.
     pub fn node_kv(&self, n: u32) -> (String, String) {
         let name = format!("{}-node-{n}", self.name);
@@ -83,14 +98,16 @@ impl SourceCluster {
     }
 
     /// The smallest published cluster: its config, node 0, identity 0 (`app=web` in
-    /// namespace `shop`) and pod 0 of node 0 with `scope`.
+    /// namespace `shop`), pod 0 of node 0 with `scope`, and the sync canaries.
     pub fn one_pod(&self, scope: Option<&str>) -> Vec<(String, String)> {
-        vec![
+        let mut kvs = vec![
             self.config_kv(),
             self.node_kv(0),
             self.identity_kv(0, "web", "shop"),
             self.endpoint_kv(0, 0, 0, scope),
-        ]
+        ];
+        kvs.extend(self.synced_kvs());
+        kvs
     }
 
     /// An ipcache entry for pod `i` on node `n`, with an optional `SyncScope`.

@@ -121,7 +121,7 @@ pub fn cfp_scope_runtime(
 /// short backoff (50 ms to 500 ms); returns its status handle and its task.
 pub fn spawn_remote(
     name: &str,
-    etcd: meshfilter_sync::EtcdConfig,
+    etcd: meshfilter_etcd::EtcdConfig,
     writer: std::sync::Arc<meshfilter_sync::TargetWriter>,
     runtime: std::sync::Arc<meshfilter_filter_runtime::FilterRuntime>,
     cancel: &tokio_util::sync::CancellationToken,
@@ -134,11 +134,25 @@ pub fn spawn_remote(
         etcd,
         writer,
         runtime,
-        meshfilter_sync::Backoff::new(Duration::from_millis(50), Duration::from_millis(500)),
+        fast_remote(),
+        meshfilter_sync::SyncMetrics::default(),
     );
     let handle = remote.status_handle();
-    let task = tokio::spawn(remote.run(cancel.clone(), handle.clone()));
+    let task = tokio::spawn(remote.run(cancel.clone()));
     (handle, task)
+}
+
+/// Remote options for tests: retries from 50 ms up to 500 ms.
+pub fn fast_remote() -> meshfilter_sync::RemoteOptions {
+    meshfilter_sync::RemoteOptions {
+        backoff: fast_backoff(),
+        ..Default::default()
+    }
+}
+
+/// A backoff for tests: from 50 ms up to 500 ms.
+pub fn fast_backoff() -> meshfilter_etcd::Backoff {
+    meshfilter_etcd::Backoff::new(Duration::from_millis(50), Duration::from_millis(500))
 }
 
 /// A client of `etcd` and a writer into it named `name`, whose leases stop with `cancel`.
@@ -157,6 +171,8 @@ pub async fn writer_into(
         client.clone(),
         name,
         meshfilter_sync::WriterConfig::default(),
+        None,
+        meshfilter_sync::SyncMetrics::default(),
         cancel.clone(),
     );
     (client, writer)

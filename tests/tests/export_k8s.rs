@@ -15,11 +15,12 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use etcd_client::GetOptions;
 use meshfilter_cilium::ClusterName;
+use meshfilter_etcd::Backoff;
 use meshfilter_filter_runtime::Locality;
 use meshfilter_k8s_source::{
     ApiAccess, KubernetesExport, KubernetesStatus, KubernetesStatusHandle, LocalCluster,
 };
-use meshfilter_sync::{Backoff, TargetWriter, WriterConfig};
+use meshfilter_sync::{SyncMetrics, TargetWriter, WriterConfig};
 use meshfilter_tests::cilium_data::{list, put_all};
 use meshfilter_tests::etcd::EtcdServer;
 use meshfilter_tests::{cfp_scope_runtime, eventually};
@@ -282,7 +283,14 @@ impl Export {
         let client = etcd_client::Client::connect([etcd.endpoint()], None)
             .await
             .unwrap();
-        let writer = TargetWriter::new(client.clone(), "export", writer_config, cancel.clone());
+        let writer = TargetWriter::new(
+            client.clone(),
+            "export",
+            writer_config,
+            None,
+            SyncMetrics::default(),
+            cancel.clone(),
+        );
         let runtime = cfp_scope_runtime(Locality {
             cluster: "prod-eu-1".into(),
             zone: Some("eu-west-1a".into()),
@@ -480,7 +488,9 @@ async fn exports_exactly_the_opted_in_endpoints_with_cilium_values() {
         1
     );
     assert_eq!(status.written["endpoints"], 6);
-    assert_eq!(status.written["identities"], 4);
+    // Every endpoint with a Pod publishes its identity, exported or not (7 of 8: the
+    // orphan endpoint has no Pod).
+    assert_eq!(status.written["identities"], 7);
     assert_eq!(status.resources["ciliumendpoints"].objects, 8);
     assert_eq!(status.resources["pods"].objects, 7);
     export.stop().await;
@@ -494,7 +504,8 @@ async fn watch_events_re_decide_and_delete() {
     let ceps = watch_events("ciliumendpoints.watch.jsonl");
     let namespaces = watch_events("namespaces.watch.jsonl");
 
-    // ledger-0 drops its opt-in label: its entry and its identity are deleted.
+    // ledger-0 drops its opt-in label: its entry is deleted, its identity stays (a pod
+    // kept in is still a client whose packets carry that identity).
     export.api.push(PODS, &pods[0]).await;
     export
         .wait_for_endpoints(
@@ -508,7 +519,7 @@ async fn watch_events_re_decide_and_delete() {
             ],
         )
         .await;
-    assert_eq!(export.identity(458771).await, None);
+    assert!(export.identity(458771).await.is_some());
 
     // The namespace narrows its default scope: web follows, checkout keeps its own.
     export.api.push(NAMESPACES, &namespaces[0]).await;
@@ -635,7 +646,7 @@ async fn keys_of_a_lost_lease_are_written_again() {
     let export = Export::start_with(&etcd, writer_config).await;
     let before: BTreeMap<String, String> =
         list(&export.etcd, "cilium/").await.into_iter().collect();
-    assert_eq!(before.len(), 6 + 4 + 2 + 1 + 4, "{before:?}");
+    assert_eq!(before.len(), 6 + 7 + 2 + 1 + 4, "{before:?}");
 
     // Revoke every lease behind the writer's back: every key vanishes with them.
     let mut leases = export.etcd.lease_client();

@@ -5,10 +5,13 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use meshfilter_cilium::ClusterName;
+use meshfilter_etcd::{Backoff, EtcdConfig};
 use meshfilter_filter_runtime::{
     BuiltinSet, FilterEngine, FilterManifest, FilterMetrics, FilterRuntime, Locality, ModuleSource,
 };
-use meshfilter_sync::{Backoff, EtcdConfig, ExportCluster, ExportStatusHandle, RemoteCluster};
+use meshfilter_sync::{
+    ExportCluster, ExportStatusHandle, RemoteCluster, RemoteOptions, SyncMetrics,
+};
 use meshfilter_tests::cilium_data::{SourceCluster, list, put_all};
 use meshfilter_tests::etcd::EtcdServer;
 use meshfilter_tests::{eventually, module_bytes, writer_into};
@@ -75,7 +78,9 @@ async fn export_then_mesh_carries_only_what_both_sides_allow() {
             us.endpoint_kv(0, 1, 1, None),
             us.endpoint_kv(0, 2, 2, None),
             unknown_field,
-        ],
+        ]
+        .into_iter()
+        .chain(us.synced_kvs()),
     )
     .await;
 
@@ -96,6 +101,7 @@ async fn export_then_mesh_carries_only_what_both_sides_allow() {
         writer,
         us_rt,
         Backoff::new(Duration::from_millis(50), Duration::from_millis(500)),
+        SyncMetrics::default(),
     );
     let export_status = ExportStatusHandle::default();
     let export_task = tokio::spawn(exporter.run(cancel.clone(), export_status.clone()));
@@ -170,10 +176,13 @@ async fn export_then_mesh_carries_only_what_both_sides_allow() {
         EtcdConfig::plain([export.endpoint()]),
         mesh_writer,
         consumer_rt,
-        Backoff::new(Duration::from_millis(50), Duration::from_millis(500)),
+        RemoteOptions {
+            backoff: Backoff::new(Duration::from_millis(50), Duration::from_millis(500)),
+            ..RemoteOptions::default()
+        },
+        SyncMetrics::default(),
     );
-    let handle = remote.status_handle();
-    let mesh_task = tokio::spawn(remote.run(cancel.clone(), handle.clone()));
+    let mesh_task = tokio::spawn(remote.run(cancel.clone()));
     let want = vec![us.pod_ip(0, 0), us.pod_ip(0, 3)];
     eventually("consumer cache", async || {
         let got = ips(&list(&local, "cilium/cache/ip/v1/prod-us-1/").await);

@@ -5,8 +5,8 @@
 
 use std::time::{Duration, Instant};
 
+use meshfilter_etcd::EtcdConfig;
 use meshfilter_filter_runtime::Locality;
-use meshfilter_sync::EtcdConfig;
 use meshfilter_tests::cilium_data::{SourceCluster, list, put_all};
 use meshfilter_tests::etcd::EtcdServer;
 use meshfilter_tests::proxy::TcpProxy;
@@ -62,6 +62,7 @@ async fn partitions_compaction_and_restarts_converge() {
         .unwrap();
     let mut kvs = vec![c.config_kv(), c.node_kv(0), c.identity_kv(0, "web", "shop")];
     kvs.extend((0..4).map(|i| c.endpoint_kv(0, i, 0, None)));
+    kvs.extend(c.synced_kvs());
     put_all(&remote, kvs).await;
 
     let rt = cfp_scope_runtime(Locality {

@@ -6,11 +6,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use meshfilter_cilium::ClusterName;
+use meshfilter_etcd::{Backoff, EtcdConfig};
 use meshfilter_filter_runtime::{
     EngineConfig, FilterMetrics, FilterRuntime, Locality, ModuleSource, RuntimeConfig,
 };
 use meshfilter_sync::{
-    Backoff, EtcdConfig, RemoteCluster, RemoteStatusHandle, TargetWriter, WriterConfig,
+    RemoteCluster, RemoteOptions, RemoteStatusHandle, SyncMetrics, TargetWriter, WriterConfig,
 };
 use meshfilter_tests::cilium_data::{SourceCluster, list, put_all};
 use meshfilter_tests::etcd::EtcdServer;
@@ -48,6 +49,7 @@ async fn populate(c: &SourceCluster, etcd: &EtcdServer) {
         format!("cilium/state/ip/v1/default/10.{}.9.10", c.id),
         other,
     ));
+    kvs.extend(c.synced_kvs());
     put_all(&client, kvs).await;
 }
 
@@ -153,11 +155,15 @@ async fn the_local_cache_holds_exactly_what_the_filters_allow() {
             EtcdConfig::plain([s.endpoint()]),
             writer.clone(),
             rt.clone(),
-            Backoff::new(Duration::from_millis(50), Duration::from_millis(500)),
+            RemoteOptions {
+                backoff: Backoff::new(Duration::from_millis(50), Duration::from_millis(500)),
+                ..RemoteOptions::default()
+            },
+            SyncMetrics::default(),
         );
         let handle = remote.status_handle();
         handles.push(handle.clone());
-        tasks.push(tokio::spawn(remote.run(cancel.clone(), handle)));
+        tasks.push(tokio::spawn(remote.run(cancel.clone())));
     }
     let clients: Vec<etcd_client::Client> = {
         let mut v = Vec::new();
@@ -291,7 +297,9 @@ async fn the_local_cache_holds_exactly_what_the_filters_allow() {
             ap.node_kv(0),
             ap.identity_kv(0, "app-0", "shop"),
             ap.endpoint_kv(0, 0, 0, None),
-        ],
+        ]
+        .into_iter()
+        .chain(ap.synced_kvs()),
     )
     .await;
     eventually(
@@ -345,16 +353,26 @@ async fn keys_of_a_lost_lease_are_written_again() {
         lease_ttl: Duration::from_secs(3),
         ..WriterConfig::default()
     };
-    let writer = TargetWriter::new(local.clone(), "local", config, cancel.clone());
+    let writer = TargetWriter::new(
+        local.clone(),
+        "local",
+        config,
+        None,
+        SyncMetrics::default(),
+        cancel.clone(),
+    );
     let mirror = RemoteCluster::new(
         ClusterName::new("remote").unwrap(),
         EtcdConfig::plain([remote_etcd.endpoint()]),
         writer,
         rt,
-        Backoff::new(Duration::from_millis(50), Duration::from_millis(500)),
+        RemoteOptions {
+            backoff: Backoff::new(Duration::from_millis(50), Duration::from_millis(500)),
+            ..RemoteOptions::default()
+        },
+        SyncMetrics::default(),
     );
-    let handle = mirror.status_handle();
-    let task = tokio::spawn(mirror.run(cancel.clone(), handle.clone()));
+    let task = tokio::spawn(mirror.run(cancel.clone()));
     let key = format!("cilium/cache/ip/v1/remote/{}", c.pod_ip(0, 0));
     eventually("mirrored", Duration::from_secs(20), || async {
         if list(&local, &key).await.is_empty() {

@@ -3,8 +3,9 @@
 
 use std::time::{Duration, Instant};
 
+use meshfilter_etcd::EtcdConfig;
 use meshfilter_filter_runtime::Locality;
-use meshfilter_sync::{EtcdConfig, TargetWriter, WriterConfig};
+use meshfilter_sync::{SyncMetrics, TargetWriter, WriterConfig};
 use meshfilter_tests::cilium_data::{SourceCluster, list, put_all};
 use meshfilter_tests::etcd::EtcdServer;
 use meshfilter_tests::{cfp_scope_runtime, spawn_remote};
@@ -41,6 +42,8 @@ async fn mirrors_over_mutual_tls_and_refuses_without_a_client_certificate() {
         local.clone(),
         "local",
         WriterConfig::default(),
+        None,
+        SyncMetrics::default(),
         cancel.clone(),
     );
     let (good_handle, good) = spawn_remote(

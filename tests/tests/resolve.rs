@@ -7,8 +7,10 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use meshfilter_cilium::ClusterName;
+use meshfilter_etcd::EtcdConfig;
 use meshfilter_filter_runtime::Locality;
-use meshfilter_sync::{EtcdConfig, ResolveError, Resolver};
+use meshfilter_sync::{ResolveError, Resolver, ResolverConfig};
 use meshfilter_tests::cilium_data::{SourceCluster, list, put_all};
 use meshfilter_tests::etcd::EtcdServer;
 use meshfilter_tests::{cfp_scope_runtime, spawn_remote, writer_into};
@@ -33,7 +35,7 @@ async fn resolves_on_demand_dedups_and_bounds_floods() {
     let (handle, task) = spawn_remote(
         "remote",
         EtcdConfig::plain([remote_etcd.endpoint()]),
-        writer,
+        writer.clone(),
         rt,
         &cancel,
     );
@@ -50,11 +52,15 @@ async fn resolves_on_demand_dedups_and_bounds_floods() {
 
     let h = handle.clone();
     let resolver = Resolver::new(
-        Arc::new(move || vec![("remote".to_string(), h.clone())]),
-        local.clone(),
-        Duration::from_millis(800),
-        Duration::from_secs(30),
-        50,
+        Arc::new(move || vec![(ClusterName::new("remote").unwrap(), h.clone())]),
+        writer.clone(),
+        ResolverConfig {
+            pin_ttl: Duration::from_millis(800),
+            negative_ttl: Duration::from_secs(30),
+            per_second: 50,
+            per_client_per_second: 1_000_000,
+            ..ResolverConfig::default()
+        },
     );
     // Ten concurrent requests for the same address: one fetch.
     let ip: IpAddr = c.pod_ip(0, 0).parse().unwrap();
@@ -95,7 +101,7 @@ async fn resolves_on_demand_dedups_and_bounds_floods() {
     for round in 0..2 {
         for i in 0..2000u32 {
             let ip: IpAddr = format!("10.200.{}.{}", i / 250, i % 250).parse().unwrap();
-            match resolver.resolve(ip).await {
+            match resolver.resolve(ip, None).await {
                 Err(ResolveError::NotFound { .. }) => not_found += 1,
                 Err(ResolveError::RateLimited) => limited += 1,
                 Err(ResolveError::NegativeCached { .. }) => assert_eq!(round, 1),
@@ -134,7 +140,7 @@ async fn futures_join(
     let mut tasks = Vec::new();
     for _ in 0..n {
         let r = resolver.clone();
-        tasks.push(tokio::spawn(async move { r.resolve(ip).await }));
+        tasks.push(tokio::spawn(async move { r.resolve(ip, None).await }));
     }
     let mut out = Vec::new();
     for t in tasks {

@@ -154,6 +154,22 @@ impl KvstoreValue for CiliumClusterConfig {
 }
 
 impl CiliumClusterConfig {
+    /// Whether a cluster with this config exports `resource`, as kvstoremesh enables its
+    /// reflectors (`WithEnabledOverride`): service exports when `serviceExportsEnabled` is
+    /// set at all, endpoint slices unless it exports services only, legacy services unless
+    /// it exports endpoint slices only; endpoints, identities and nodes always.
+    pub fn exports(&self, resource: crate::Resource) -> bool {
+        let slices = &self.capabilities.endpoint_slices_export_mode;
+        match resource {
+            crate::Resource::ServiceExports => self.capabilities.service_exports_enabled.is_some(),
+            crate::Resource::EndpointSlices => *slices != EndpointSlicesExportMode::ServicesOnly,
+            crate::Resource::Services => *slices != EndpointSlicesExportMode::EndpointSlicesOnly,
+            crate::Resource::Endpoints | crate::Resource::Identities | crate::Resource::Nodes => {
+                true
+            }
+        }
+    }
+
     /// Compact JSON, as Cilium writes it.
     pub fn to_json_bytes(&self) -> Vec<u8> {
         serde_json::to_vec(self)
@@ -187,6 +203,37 @@ mod tests {
         .unwrap();
         let again = serde_json::from_slice(&config.to_json_bytes()).unwrap();
         (config, again)
+    }
+
+    #[test]
+    fn exported_resources_follow_the_capabilities() {
+        use crate::Resource;
+        use crate::Resource::*;
+        let parse = |v: Value| {
+            let c = ClusterName::new("c").unwrap();
+            CiliumClusterConfig::parse(&c, "k", v.to_string().as_bytes()).unwrap()
+        };
+        let legacy = parse(json!({"id": 1, "capabilities": {"syncedCanaries": true}}));
+        let exported = |c: &CiliumClusterConfig| {
+            Resource::ALL
+                .iter()
+                .filter(|r| c.exports(**r))
+                .copied()
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(exported(&legacy), [Endpoints, Identities, Nodes, Services]);
+        let both = parse(
+            json!({"id": 1, "capabilities": {"serviceExportsEnabled": false,
+            "endpointSlicesExportMode": "services-and-endpointslices"}}),
+        );
+        assert_eq!(exported(&both).len(), 6);
+        let v2 = parse(
+            json!({"id": 1, "capabilities": {"endpointSlicesExportMode": "endpointslices-only"}}),
+        );
+        assert_eq!(
+            exported(&v2),
+            [Endpoints, Identities, Nodes, EndpointSlices]
+        );
     }
 
     #[test]

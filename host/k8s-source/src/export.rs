@@ -7,9 +7,13 @@
 //!   scope in `SyncScope`. The hook sees the Pod's labels and annotations and its
 //!   Namespace's annotations. An endpoint whose Pod is gone, whose body is malformed, or
 //!   that the hook keeps in is not published, and a copy published earlier is deleted.
-//! - `cilium/state/identities/v1/id/<id>`: the identity of every published endpoint, from
-//!   the endpoint's `status.identity` (id and security labels), while one endpoint
-//!   publishing it exists. Identities of endpoints kept in are not published.
+//! - `cilium/state/identities/v1/id/<id>`: the identity of every endpoint that has a Pod
+//!   and whose Namespace is not annotated `clustermesh.cilium.io/global: "false"`, from
+//!   the endpoint's `status.identity` (id and security labels), while one such endpoint
+//!   exists, whether or not its addresses are exported. Clients are rarely opted in, but
+//!   in tunnel mode their packets carry their identity, and a receiver that does not know
+//!   it drops them under label-based policy; clustermesh-apiserver publishes identities
+//!   the same way (filtered by namespace only).
 //! - `cilium/state/nodes/v1/<cluster>/<node>`: every CiliumNode, converted as
 //!   clustermesh-apiserver converts it (nodes are never filtered).
 //! - `cilium/cluster-config/<cluster>`: the cluster's ID, `syncedCanaries` and
@@ -37,10 +41,11 @@ use meshfilter_cilium::convert::{CiliumEndpoint, ciliumendpoint_to_pairs, cilium
 use meshfilter_cilium::identity::{Label, MIN_NUMERIC_IDENTITY};
 use meshfilter_cilium::keys::{ENDPOINTS_SOURCE_PREFIX, cluster_config_key};
 use meshfilter_cilium::{CiliumClusterConfig, ClusterName, IdentityLabels, Resource};
+use meshfilter_common::labels::NAMESPACE_GLOBAL;
+use meshfilter_etcd::Backoff;
 use meshfilter_filter_runtime::FilterRuntime;
 use meshfilter_sync::{
-    Backoff, ExportHook, ExportStats, NodeCache, SyncError, TargetKeys, TargetWriter, WriteOp,
-    endpoint_input,
+    ExportHook, ExportStats, NodeCache, SyncError, TargetKeys, TargetWriter, endpoint_input,
 };
 use parking_lot::Mutex;
 use serde::de::DeserializeOwned;
@@ -213,6 +218,8 @@ impl KubernetesExport {
             identities: target(Resource::Identities),
             nodes: target(Resource::Nodes),
             services: target(Resource::Services),
+            config: TargetKeys::exact(self.writer.clone(), cluster_config_key(&self.cluster.name)),
+            canary_leases: HashMap::new(),
             cluster: self.cluster.clone(),
             writer: self.writer.clone(),
             hook: self.status.hook.clone(),
@@ -302,6 +309,10 @@ struct Exporter {
     identities: TargetKeys,
     nodes: TargetKeys,
     services: TargetKeys,
+    /// The cluster config, one key.
+    config: TargetKeys,
+    /// Where each canary sits, so a rewrite keeps its lease.
+    canary_leases: HashMap<Resource, i64>,
     progress: Arc<Mutex<Progress>>,
 }
 
@@ -405,6 +416,7 @@ impl Exporter {
             &mut self.identities,
             &mut self.nodes,
             &mut self.services,
+            &mut self.config,
         ] {
             keys.adopt().await?;
         }
@@ -417,24 +429,25 @@ impl Exporter {
             },
             ..Default::default()
         };
-        self.writer
-            .apply(&[WriteOp::Put {
-                key: cluster_config_key(&self.cluster.name),
-                value: Bytes::from(config.to_json_bytes()),
-            }])
+        let key = cluster_config_key(&self.cluster.name);
+        self.config
+            .converge([(key, Some(Bytes::from(config.to_json_bytes())))])
             .await
     }
 
-    async fn write_canaries(&self) -> Result<(), SyncError> {
+    async fn write_canaries(&mut self) -> Result<(), SyncError> {
         for resource in [
             Resource::Nodes,
             Resource::Identities,
             Resource::Endpoints,
             Resource::Services,
         ] {
-            self.writer
-                .write_canary(&resource.source_canary_key(&self.cluster.name))
+            let lease = self.canary_leases.get(&resource).copied().unwrap_or(0);
+            let lease = self
+                .writer
+                .write_canary(&resource.source_canary_key(&self.cluster.name), lease)
                 .await?;
+            self.canary_leases.insert(resource, lease);
         }
         Ok(())
     }
@@ -624,7 +637,10 @@ impl Exporter {
             }
             contribution.decided.push(decided);
         }
-        if !contribution.endpoints.is_empty() {
+        let namespace_opted_out = namespace_annotations
+            .get(NAMESPACE_GLOBAL)
+            .is_some_and(|v| v == "false");
+        if pod.is_some() && !namespace_opted_out {
             contribution.identity = identity_entry(endpoint);
         }
         contribution

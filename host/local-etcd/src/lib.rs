@@ -15,6 +15,9 @@ pub struct EtcdServer {
     client_port: u16,
     peer_port: u16,
     tls: Option<TlsFiles>,
+    /// Bumped by [`EtcdServer::replace_with_fresh`]: part of the cluster token, so the
+    /// fresh cluster gets a new cluster ID (etcd derives it from the token and members).
+    generation: u32,
 }
 
 /// Certificates for an etcd that requires mutual TLS, made with the `openssl` command.
@@ -155,6 +158,7 @@ impl EtcdServer {
             client_port: free_port(),
             peer_port: free_port(),
             tls: None,
+            generation: 0,
         };
         server.try_spawn()?;
         Ok(server)
@@ -174,6 +178,7 @@ impl EtcdServer {
             client_port: free_port(),
             peer_port: free_port(),
             tls: Some(tls),
+            generation: 0,
         };
         server.spawn();
         server
@@ -213,7 +218,10 @@ impl EtcdServer {
             .args(["--initial-cluster", &format!("{}={peer}", self.name)])
             .args([
                 "--initial-cluster-token",
-                &format!("meshfilter-{}-{}", self.name, self.client_port),
+                &format!(
+                    "meshfilter-{}-{}-{}",
+                    self.name, self.client_port, self.generation
+                ),
             ])
             .args(["--log-level", "error", "--logger", "zap"])
             .args(self.tls_args())
@@ -322,6 +330,7 @@ impl EtcdServer {
     pub fn replace_with_fresh(&mut self) {
         self.kill();
         let _ = std::fs::remove_dir_all(self.data.path().join("data"));
+        self.generation += 1;
         self.spawn();
     }
 }

@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use meshfilter_cilium::ClusterName;
 use meshfilter_cilium::identity::DEFAULT_MAX_CONNECTED_CLUSTERS;
+use meshfilter_etcd::EtcdConfig;
 use meshfilter_filter_runtime::Locality;
 use meshfilter_k8s_source::{ApiAccess, LocalCluster};
-use meshfilter_sync::EtcdConfig;
 use serde::Deserialize;
 
 /// `meshfilter mesh --config <file>`.
@@ -37,10 +37,75 @@ pub struct MeshConfig {
     /// Write `cilium/.heartbeat` every minute (kvstoremesh's `--enable-heartbeat`).
     #[serde(default = "yes")]
     pub heartbeat: bool,
+    /// Leases, the leader lock and periodic enforcement.
+    #[serde(default)]
+    pub sync: SyncSection,
 }
 
 fn yes() -> bool {
     true
+}
+
+/// How the cache is written: lease and lock lifetimes, how often the cluster configs are
+/// enforced. The defaults are Cilium's; tests shorten them to let leases run out.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct SyncSection {
+    /// TTL of the leases every written key sits on (Cilium's `kvstore-lease-ttl`).
+    #[serde(default = "default_lease_ttl", with = "humantime_serde_compat")]
+    pub lease_ttl: std::time::Duration,
+    /// TTL of the leader lock's lease: how long a dead leader blocks its successor.
+    #[serde(default = "default_lock_ttl", with = "humantime_serde_compat")]
+    pub lock_ttl: std::time::Duration,
+    /// How often each remote's cached cluster config is written again.
+    #[serde(default = "default_enforce_period", with = "humantime_serde_compat")]
+    pub config_enforce_period: std::time::Duration,
+}
+
+impl Default for SyncSection {
+    fn default() -> Self {
+        SyncSection {
+            lease_ttl: default_lease_ttl(),
+            lock_ttl: default_lock_ttl(),
+            config_enforce_period: default_enforce_period(),
+        }
+    }
+}
+
+fn default_lease_ttl() -> std::time::Duration {
+    std::time::Duration::from_secs(15 * 60)
+}
+
+fn default_lock_ttl() -> std::time::Duration {
+    std::time::Duration::from_secs(25)
+}
+
+fn default_enforce_period() -> std::time::Duration {
+    std::time::Duration::from_secs(5 * 60)
+}
+
+impl SyncSection {
+    fn validate(&self) -> anyhow::Result<()> {
+        if self.lease_ttl < std::time::Duration::from_secs(2) {
+            bail!(
+                "sync.leaseTtl: {:?} is too short (at least 2s)",
+                self.lease_ttl
+            );
+        }
+        if self.lock_ttl < std::time::Duration::from_secs(2) {
+            bail!(
+                "sync.lockTtl: {:?} is too short (at least 2s)",
+                self.lock_ttl
+            );
+        }
+        if self.config_enforce_period < std::time::Duration::from_secs(1) {
+            bail!(
+                "sync.configEnforcePeriod: {:?} is too short (at least 1s)",
+                self.config_enforce_period
+            );
+        }
+        Ok(())
+    }
 }
 
 /// On-demand resolution limits.
@@ -159,6 +224,7 @@ impl MeshConfig {
         let config: MeshConfig = serde_yaml::from_str(&text)
             .with_context(|| format!("invalid config {}", path.display()))?;
         config.cluster.validate()?;
+        config.sync.validate()?;
         if config.local_etcd.endpoints.is_empty() {
             bail!("localEtcd.endpoints: at least one endpoint is required");
         }
@@ -209,6 +275,8 @@ struct ExportFile {
     filters: FiltersSection,
     #[serde(default = "default_listen")]
     listen: SocketAddr,
+    #[serde(default)]
+    sync: SyncSection,
 }
 
 /// `kubernetes`: how `meshfilter export` reaches the API server (in-cluster, through the
@@ -310,6 +378,8 @@ pub struct ExportConfig {
     pub filters: FiltersSection,
     /// Address of the HTTP endpoint (`/metrics`, `/healthz`, `/readyz`, `/status`).
     pub listen: SocketAddr,
+    /// Leases and the leader lock.
+    pub sync: SyncSection,
 }
 
 impl ExportConfig {
@@ -324,6 +394,7 @@ impl ExportConfig {
     pub fn parse(text: &str) -> anyhow::Result<ExportConfig> {
         let file: ExportFile = serde_yaml::from_str(text)?;
         let cluster_name = file.cluster.validate()?;
+        file.sync.validate()?;
         if file.export_etcd.endpoints.is_empty() {
             bail!("exportEtcd.endpoints: at least one endpoint is required");
         }
@@ -352,6 +423,7 @@ impl ExportConfig {
             export_etcd: file.export_etcd,
             filters: file.filters,
             listen: file.listen,
+            sync: file.sync,
         })
     }
 

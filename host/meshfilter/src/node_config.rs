@@ -7,8 +7,8 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use ipnet::IpNet;
 use meshfilter_cilium::ClusterName;
+use meshfilter_etcd::EtcdConfig;
 use meshfilter_node::{Attachment, MissVerdict};
-use meshfilter_sync::EtcdConfig;
 use serde::Deserialize;
 
 use crate::config::{ClusterSection, FiltersSection};

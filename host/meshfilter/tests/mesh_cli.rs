@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use meshfilter_local_etcd::EtcdServer;
 
 mod common;
-use common::{etcdctl, free_port, http_get};
+use common::{etcdctl, free_port, http_get, put_canaries};
 
 fn stop(mesh: &mut Child) {
     common::stop(mesh, "mesh");
@@ -49,6 +49,7 @@ impl Setup {
             &r,
             &["put", "cilium/state/ip/v1/default/10.7.0.11", REGIONAL],
         );
+        put_canaries(&r, "remote1");
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("clustermesh")).unwrap();
         std::fs::write(
@@ -284,6 +285,7 @@ fn export_publishes_only_opted_in_endpoints() {
         &a,
         &["put", "cilium/state/ip/v1/default/10.7.0.20", &not_opted_in],
     );
+    put_canaries(&a, "prod-us-1");
 
     let dir = tempfile::tempdir().unwrap();
     let addr = format!("127.0.0.1:{}", free_port());

@@ -21,7 +21,7 @@ use meshfilter_local_etcd::EtcdServer;
 use meshfilter_node::{Attachment, Datapath, DatapathConfig, Direction, MeshView, MissVerdict};
 
 mod common;
-use common::{etcdctl, free_port, http_get};
+use common::{etcdctl, free_port, http_get, put_canaries};
 
 fn stop(node: &mut Child) {
     common::stop(node, "node");
@@ -258,6 +258,7 @@ impl Mesh {
             &r,
             &["put", "cilium/state/ip/v1/default/198.51.100.8", GLOBAL],
         );
+        put_canaries(&r, "cluster-b");
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("clustermesh")).unwrap();
         std::fs::write(

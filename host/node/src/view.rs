@@ -17,8 +17,8 @@ use etcd_client::{Client, EventType, GetOptions, WatchOptions};
 use ipnet::IpNet;
 use meshfilter_cilium::{ClusterName, IpIdentityPair, KvstoreValue, Node};
 use meshfilter_common::ipcache::{RemoteEndpointInfo, WORLD_IPV4_ID, WORLD_IPV6_ID, flags};
+use meshfilter_etcd::Backoff;
 use meshfilter_filter_runtime::{CandidateCluster, Locality};
-use meshfilter_sync::Backoff;
 use parking_lot::RwLock;
 use tokio_util::sync::CancellationToken;
 

@@ -13,17 +13,21 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use meshfilter_cilium::keys::{Resource, cluster_config_key};
-use meshfilter_cilium::{ClusterName, IpIdentityPair, KvstoreValue};
+use meshfilter_cilium::{CiliumClusterConfig, ClusterName, IpIdentityPair, KvstoreValue};
+use meshfilter_etcd::Backoff;
 use meshfilter_filter_runtime::{EndpointInput, ExportDecision, FilterRuntime};
 use parking_lot::Mutex;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
-use crate::backoff::Backoff;
 use crate::caches::{IdentityCache, NodeCache};
+use crate::drain::Disabled;
+use crate::metrics::SyncMetrics;
 use crate::mirrors::VerbatimMirror;
-use crate::reflector::{Mirror, Reflector, ReflectorStatus};
+use crate::reflector::{Mirror, Rechecks, Reflector, ReflectorStatus};
+use crate::target::TargetKeys;
 use crate::writer::TargetWriter;
 
 /// What the export hook did.
@@ -145,7 +149,7 @@ pub struct ExportMirror {
     hook: ExportHook,
     nodes: Arc<NodeCache>,
     identities: Arc<IdentityCache>,
-    redecide: watch::Sender<u64>,
+    rechecks: Arc<Rechecks>,
 }
 
 impl ExportMirror {
@@ -158,7 +162,7 @@ impl ExportMirror {
         identities: Arc<IdentityCache>,
         cancel: CancellationToken,
     ) -> Arc<ExportMirror> {
-        let (redecide, _) = watch::channel(0);
+        let rechecks = Arc::new(Rechecks::default());
         let mirror = Arc::new(ExportMirror {
             prefix: Resource::Endpoints.source_prefix(&cluster),
             canary: Resource::Endpoints.source_canary_key(&cluster),
@@ -166,10 +170,10 @@ impl ExportMirror {
             hook: ExportHook::new(runtime.clone()),
             nodes: nodes.clone(),
             identities: identities.clone(),
-            redecide,
+            rechecks: rechecks.clone(),
         });
-        crate::mirrors::merge_redecide(
-            mirror.redecide.clone(),
+        crate::mirrors::recheck_all_on(
+            rechecks,
             [runtime.subscribe(), nodes.version(), identities.version()],
             cancel,
         );
@@ -229,27 +233,30 @@ impl Mirror for ExportMirror {
             self.hook.forget(suffix);
         }
     }
-    fn redecide(&self) -> Option<watch::Receiver<u64>> {
-        Some(self.redecide.subscribe())
+    fn rechecks(&self) -> Option<Arc<Rechecks>> {
+        Some(self.rechecks.clone())
     }
 }
 
 /// Runs the export of one cluster: endpoints through the export hook, identities, nodes,
-/// services and service exports verbatim, and the cluster config, from `source` (the
-/// unfiltered clustermesh etcd) into `target` (the etcd remote clusters read).
+/// services, service exports and endpoint slices verbatim, and the cluster config, from
+/// `source` (the unfiltered clustermesh etcd) into `target` (the etcd remote clusters
+/// read). Whatever the copied cluster config advertises is mirrored, so consumers never
+/// wait for a canary that will not come.
 pub struct ExportCluster {
     cluster: ClusterName,
     source: etcd_client::Client,
     target: Arc<TargetWriter>,
     runtime: Arc<FilterRuntime>,
     backoff: Backoff,
+    metrics: SyncMetrics,
 }
 
 /// Live status of an export.
 #[derive(Clone, Default)]
 pub struct ExportStatusHandle {
     endpoints: Arc<Mutex<Option<Arc<ExportMirror>>>>,
-    #[allow(clippy::type_complexity)]
+    #[allow(clippy::type_complexity)] // reason: status and synced flag per resource name
     resources: Arc<Mutex<BTreeMap<String, (Arc<Mutex<ReflectorStatus>>, watch::Receiver<bool>)>>>,
 }
 
@@ -287,6 +294,7 @@ impl ExportCluster {
         target: Arc<TargetWriter>,
         runtime: Arc<FilterRuntime>,
         backoff: Backoff,
+        metrics: SyncMetrics,
     ) -> ExportCluster {
         ExportCluster {
             cluster,
@@ -294,11 +302,21 @@ impl ExportCluster {
             target,
             runtime,
             backoff,
+            metrics,
         }
     }
 
     /// Runs until `cancel`.
     pub async fn run(self, cancel: CancellationToken, handle: ExportStatusHandle) {
+        let span = tracing::info_span!("export", cluster = %self.cluster);
+        self.run_inner(cancel, handle).instrument(span).await
+    }
+
+    async fn run_inner(self, cancel: CancellationToken, handle: ExportStatusHandle) {
+        let Some(source_config) = self.source_config(&cancel).await else {
+            return;
+        };
+        let canaries = source_config.capabilities.synced_canaries;
         let nodes = NodeCache::new(self.cluster.clone());
         let identities = IdentityCache::new(self.cluster.clone());
         let mut tasks = JoinSet::new();
@@ -310,28 +328,52 @@ impl ExportCluster {
                 Some(r.source_canary_key(&self.cluster)),
             )
         };
+        let gate = |r: Resource| canaries.then(|| r.source_canary_key(&self.cluster));
         let node_cache = nodes.clone();
         let identity_cache = identities.clone();
-        let mut waits = Vec::new();
-        let mirrors: Vec<Arc<VerbatimMirror>> = vec![
+        let nodes_synced = self.spawn(
+            &mut tasks,
+            &cancel,
+            &handle,
             Arc::new(verbatim(Resource::Nodes).observed_by(move |s, v| node_cache.update(s, v))),
+            gate(Resource::Nodes),
+        );
+        let identities_synced = self.spawn(
+            &mut tasks,
+            &cancel,
+            &handle,
             Arc::new(
                 verbatim(Resource::Identities).observed_by(move |s, v| identity_cache.update(s, v)),
             ),
-            Arc::new(verbatim(Resource::Services)),
-            Arc::new(verbatim(Resource::ServiceExports)),
-            // The cluster config travels verbatim too: remote clusters need it to connect.
-            Arc::new(VerbatimMirror::new(
-                "cluster-config",
-                cluster_config_key(&self.cluster),
-                cluster_config_key(&self.cluster),
-                None,
-            )),
-        ];
-        for mirror in mirrors {
-            waits.push(self.spawn(&mut tasks, &cancel, &handle, mirror));
+            gate(Resource::Identities),
+        );
+        // What the copied cluster config advertises is mirrored; the rest is drained.
+        for resource in [
+            Resource::Services,
+            Resource::ServiceExports,
+            Resource::EndpointSlices,
+        ] {
+            if source_config.exports(resource) {
+                self.spawn(
+                    &mut tasks,
+                    &cancel,
+                    &handle,
+                    Arc::new(verbatim(resource)),
+                    gate(resource),
+                );
+            } else {
+                self.spawn_disabled(&mut tasks, &cancel, &handle, resource);
+            }
         }
-        let (nodes_synced, identities_synced) = (waits[0].clone(), waits[1].clone());
+        // The cluster config travels verbatim too: remote clusters need it to connect.
+        let key = cluster_config_key(&self.cluster);
+        self.spawn(
+            &mut tasks,
+            &cancel,
+            &handle,
+            Arc::new(VerbatimMirror::new("cluster-config", key.clone(), key, None).exact()),
+            None,
+        );
         let ready = async move {
             for mut s in [nodes_synced, identities_synced] {
                 let _ = s.wait_for(|v| *v).await;
@@ -342,11 +384,67 @@ impl ExportCluster {
             _ = ready => {
                 let endpoints = ExportMirror::new(self.cluster.clone(), self.runtime.clone(), nodes, identities, cancel.clone());
                 *handle.endpoints.lock() = Some(endpoints.clone());
-                self.spawn(&mut tasks, &cancel, &handle, endpoints);
+                self.spawn(&mut tasks, &cancel, &handle, endpoints, gate(Resource::Endpoints));
             }
         }
         cancel.cancelled().await;
         while tasks.join_next().await.is_some() {}
+    }
+
+    /// The source's cluster config: what it exports, and whether it writes sync canaries
+    /// (then every list waits for them, so a refilling source is not taken for an empty
+    /// one). Retried until it can be read; `None` when cancelled first. A change of it
+    /// later is copied to the target, but does not change what is mirrored until restart.
+    async fn source_config(&self, cancel: &CancellationToken) -> Option<CiliumClusterConfig> {
+        let key = cluster_config_key(&self.cluster);
+        let mut backoff = self.backoff.clone();
+        loop {
+            let read = meshfilter_etcd::Pages::exact(&self.source, self.cluster.as_str(), &key)
+                .collect()
+                .await;
+            match read {
+                Ok((entries, _)) => match entries.first() {
+                    Some(e) => match CiliumClusterConfig::parse(&self.cluster, &key, &e.value) {
+                        Ok(config) => return Some(config),
+                        Err(err) => {
+                            tracing::warn!(key, error = %err, "the source's cluster config is invalid; waiting for a valid one")
+                        }
+                    },
+                    None => {
+                        tracing::warn!(key, "the source has no cluster config yet; waiting for it")
+                    }
+                },
+                Err(e) => tracing::warn!(error = %e, "cannot read the source's cluster config"),
+            }
+            if !backoff.wait(cancel).await {
+                return None;
+            }
+        }
+    }
+
+    /// Drains `resource`, which the source does not export, and writes its canary.
+    fn spawn_disabled(
+        &self,
+        tasks: &mut JoinSet<()>,
+        cancel: &CancellationToken,
+        handle: &ExportStatusHandle,
+        resource: Resource,
+    ) {
+        let status: Arc<Mutex<ReflectorStatus>> = Arc::default();
+        let (synced_tx, synced) = watch::channel(false);
+        handle
+            .resources
+            .lock()
+            .insert(resource.name().to_string(), (status.clone(), synced));
+        let disabled = Disabled {
+            target: TargetKeys::new(self.target.clone(), resource.source_prefix(&self.cluster)),
+            canary: resource.source_canary_key(&self.cluster),
+            writer: self.target.clone(),
+            backoff: self.backoff.clone(),
+            status,
+            synced: synced_tx,
+        };
+        tasks.spawn(disabled.run(cancel.clone()).in_current_span());
     }
 
     fn spawn<M: Mirror>(
@@ -355,6 +453,7 @@ impl ExportCluster {
         cancel: &CancellationToken,
         handle: &ExportStatusHandle,
         mirror: Arc<M>,
+        gate: Option<String>,
     ) -> watch::Receiver<bool> {
         let name = mirror.name().to_string();
         let r = Reflector::new(
@@ -363,13 +462,15 @@ impl ExportCluster {
             self.target.clone(),
             mirror,
             self.backoff.clone(),
-        );
+            self.metrics.clone(),
+        )
+        .gated_on(gate);
         let synced = r.synced();
         handle
             .resources
             .lock()
             .insert(name, (r.status(), synced.clone()));
-        tasks.spawn(r.run(cancel.clone()));
+        tasks.spawn(r.run(cancel.clone()).in_current_span());
         synced
     }
 }

@@ -104,6 +104,15 @@ impl LeaderLock {
         }))
     }
 
+    /// The condition every write of the holder carries: the lock key still on the lock's
+    /// lease. A holder that lost the lock (paused past its TTL) cannot write.
+    pub fn fence(&self) -> crate::writer::Fence {
+        crate::writer::Fence {
+            key: String::from_utf8_lossy(&self.key).into_owned(),
+            lease: self.lease,
+        }
+    }
+
     /// Cancelled if the lock's lease is lost: the holder must stop writing.
     pub fn lost(&self) -> CancellationToken {
         self.lost.clone()

@@ -12,7 +12,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::caches::{IdentityCache, NodeCache};
-use crate::reflector::Mirror;
+use crate::reflector::{Mirror, Rechecks};
 
 type Observer = Box<dyn Fn(&str, Option<&Bytes>) + Send + Sync>;
 
@@ -29,6 +29,7 @@ pub struct VerbatimMirror {
     target_prefix: String,
     canary: Option<String>,
     observer: Option<Observer>,
+    exact: bool,
 }
 
 impl VerbatimMirror {
@@ -45,7 +46,14 @@ impl VerbatimMirror {
             target_prefix,
             canary,
             observer: None,
+            exact: false,
         }
+    }
+
+    /// Mirrors the single key `source_prefix` to `target_prefix` (a cluster config).
+    pub fn exact(mut self) -> Self {
+        self.exact = true;
+        self
     }
 
     /// Calls `observer` with the key suffix after the prefix for every source change.
@@ -74,6 +82,9 @@ impl Mirror for VerbatimMirror {
     fn canary_key(&self) -> Option<&str> {
         self.canary.as_deref()
     }
+    fn exact(&self) -> bool {
+        self.exact
+    }
     fn transform(&self, _: &str, value: &Bytes) -> Option<Bytes> {
         Some(value.clone())
     }
@@ -86,11 +97,11 @@ impl Mirror for VerbatimMirror {
     }
 }
 
-/// Forwards changes of any of `sources` to `signal`, a burst settling into one bump,
-/// until `cancel`: every filter generation, node or identity change means decisions must
-/// be made again.
-pub(crate) fn merge_redecide<const N: usize>(
-    signal: watch::Sender<u64>,
+/// Forwards changes of any of `sources` to `rechecks` as "decide everything again", a
+/// burst settling into one request, until `cancel`: every filter generation, node or
+/// identity change means decisions must be made again.
+pub(crate) fn recheck_all_on<const N: usize>(
+    rechecks: Arc<Rechecks>,
     mut sources: [watch::Receiver<u64>; N],
     cancel: CancellationToken,
 ) {
@@ -101,11 +112,14 @@ pub(crate) fn merge_redecide<const N: usize>(
                 _ = cancel.cancelled() => return,
                 alive = any_changed => if !alive { return },
             }
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(std::time::Duration::from_millis(100)) => {}
+            }
             for s in sources.iter_mut() {
                 s.mark_unchanged();
             }
-            signal.send_modify(|v| *v += 1);
+            rechecks.all();
         }
     });
 }
@@ -125,7 +139,7 @@ async fn futures_select_any<const N: usize>(sources: &mut [watch::Receiver<u64>;
 }
 
 /// What the import hook did with one remote cluster's endpoints.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ImportStats {
     /// Entries mirrored.
@@ -185,7 +199,7 @@ pub struct ImportMirror {
     shadow: bool,
     invalid: Mutex<HashMap<String, String>>,
     failures: std::sync::atomic::AtomicUsize,
-    redecide: watch::Sender<u64>,
+    rechecks: Arc<Rechecks>,
     /// Endpoints resolved on demand (datapath misses), mirrored whatever the import hook
     /// says until their pin expires.
     pinned: Mutex<HashMap<String, std::time::Instant>>,
@@ -195,24 +209,48 @@ pub struct ImportMirror {
 }
 
 impl ImportMirror {
-    /// Mirrors the endpoint `ip` until `until`, even if filtered out, and has it written
-    /// now. Renewing a pin keeps a used entry fresh.
-    pub fn pin(&self, ip: &str, until: std::time::Instant) {
+    /// Mirrors the endpoint `ip` until `until`, even if filtered out, and has it decided
+    /// again now (that one entry, not the whole cluster). `written` is its value and
+    /// lease when the resolver already wrote it into the cache. Renewing a pin keeps a used
+    /// entry fresh.
+    pub fn pin(&self, ip: &str, until: std::time::Instant, written: Option<(Bytes, i64)>) {
         self.pinned.lock().insert(ip.to_string(), until);
-        self.redecide.send_modify(|v| *v += 1);
+        if let Some((value, lease)) = written {
+            self.rechecks
+                .written(format!("{}{ip}", self.target_prefix), value, lease);
+        }
+        self.rechecks.key(format!("{}{ip}", self.source_prefix));
     }
 
     /// Drops expired pins (their entries are deleted if the filters exclude them).
     pub fn expire_pins(&self, now: std::time::Instant) -> usize {
         let mut pinned = self.pinned.lock();
-        let before = pinned.len();
-        pinned.retain(|_, until| *until > now);
-        let expired = before - pinned.len();
-        drop(pinned);
-        if expired > 0 {
-            self.redecide.send_modify(|v| *v += 1);
-        }
+        let mut expired = 0;
+        pinned.retain(|ip, until| {
+            let keep = *until > now;
+            if !keep {
+                expired += 1;
+                self.rechecks.key(format!("{}{ip}", self.source_prefix));
+            }
+            keep
+        });
         expired
+    }
+
+    /// Whether `value` at `ip` is an entry this mirror would write if the filters let it
+    /// through: it parses as an ipcache entry of this cluster for that address and its
+    /// identity lies in the cluster's range. The on-demand resolver writes nothing else.
+    pub fn validate(&self, ip: &str, value: &[u8]) -> Result<(), String> {
+        let pair = IpIdentityPair::parse(&self.cluster, ip, value).map_err(|e| e.to_string())?;
+        match self.identity_range.get() {
+            Some(&(id, max)) if id != 0 && !pair.identity_in_cluster_range(id, max) => {
+                Err(format!(
+                    "identity {} is outside the range of cluster ID {id}",
+                    pair.id
+                ))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Refuse entries whose identity is outside cluster `cluster_id`'s range.
@@ -243,7 +281,7 @@ impl ImportMirror {
         identities: Arc<IdentityCache>,
         cancel: CancellationToken,
     ) -> Arc<ImportMirror> {
-        let (redecide, _) = watch::channel(0);
+        let rechecks = Arc::new(Rechecks::default());
         let mirror = Arc::new(ImportMirror {
             cluster,
             source_prefix,
@@ -256,12 +294,12 @@ impl ImportMirror {
             shadow,
             invalid: Mutex::default(),
             failures: Default::default(),
-            redecide,
+            rechecks: rechecks.clone(),
             pinned: Mutex::default(),
             identity_range: std::sync::OnceLock::new(),
         });
-        merge_redecide(
-            mirror.redecide.clone(),
+        recheck_all_on(
+            rechecks,
             [runtime.subscribe(), nodes.version(), identities.version()],
             cancel,
         );
@@ -419,7 +457,7 @@ impl Mirror for ImportMirror {
             self.invalid.lock().remove(suffix);
         }
     }
-    fn redecide(&self) -> Option<watch::Receiver<u64>> {
-        Some(self.redecide.subscribe())
+    fn rechecks(&self) -> Option<Arc<Rechecks>> {
+        Some(self.rechecks.clone())
     }
 }

@@ -1,5 +1,18 @@
 //! One remote cluster mirrored into the local cache, as kvstoremesh does it, with the
 //! endpoint reflector asking the import hook.
+//!
+//! Per session (one connection and one cluster config of the remote):
+//! - the cached cluster config is enforced: written at start, every
+//!   [`RemoteOptions::config_enforce_period`], after a lost lease, and whenever someone
+//!   else changes or deletes it (agents that reconnect without it never attach the
+//!   remote);
+//! - a reflector per resource the remote exports, each gated on the remote's own sync
+//!   canary when its config says it writes them, so a refilling remote etcd is never
+//!   mistaken for an empty one;
+//! - for a resource the remote does not export, what an earlier session left is drained
+//!   and the canary is written anyway (agents wait for every canary);
+//! - endpoints start once nodes and identities are synced (decisions need both);
+//! - a change of the remote's own cluster config ends the session and starts a new one.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -7,24 +20,29 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use etcd_client::Client;
-use meshfilter_cilium::cluster_config::EndpointSlicesExportMode;
 use meshfilter_cilium::keys::{Resource, cluster_config_key};
 use meshfilter_cilium::{CiliumClusterConfig, ClusterName, KvstoreValue};
+use meshfilter_etcd::{Backoff, Change, EtcdConfig, WatchEvent, Watcher};
 use meshfilter_filter_runtime::FilterRuntime;
 use parking_lot::Mutex;
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
-use crate::backoff::Backoff;
 use crate::caches::{IdentityCache, NodeCache};
+use crate::drain::Disabled;
 use crate::error::SyncError;
-use crate::etcd::EtcdConfig;
+use crate::metrics::SyncMetrics;
 use crate::mirrors::{ImportMirror, ImportStats, VerbatimMirror};
-use crate::reflector::{Mirror, Reflector, ReflectorStatus};
-use crate::writer::{TargetWriter, WriteOp};
+use crate::reflector::{
+    MAX_ERROR_CHARS, Mirror, Reflector, ReflectorLimits, ReflectorStatus, bounded,
+};
+use crate::target::TargetKeys;
+use crate::writer::TargetWriter;
 
 /// Status of one remote cluster.
-#[derive(Debug, Clone, Default, serde::Serialize)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RemoteStatus {
     /// Cluster name.
@@ -35,15 +53,51 @@ pub struct RemoteStatus {
     pub synced: bool,
     /// Connection attempts that failed.
     pub connect_failures: u64,
-    /// Last connection error.
+    /// Last connection error (bounded in length).
     pub last_error: Option<String>,
     /// Times the remote's cluster config changed and everything was re-listed.
     pub config_changes: u64,
+    /// Times the cached cluster config was written.
+    pub config_enforced: u64,
     /// Per resource.
     pub resources: BTreeMap<String, ReflectorStatus>,
     /// What the import hook kept and filtered.
     pub endpoints: ImportStats,
 }
+
+/// How one remote is mirrored.
+#[derive(Debug, Clone)]
+pub struct RemoteOptions {
+    /// Import hook in shadow mode: decisions are made, counted and shown, but every
+    /// endpoint is mirrored, so a new filter can be judged before it removes anything.
+    pub shadow_import: bool,
+    /// Bounds on what each resource accepts from the remote.
+    pub limits: BTreeMap<Resource, ReflectorLimits>,
+    /// How often the cached cluster config is written again even if nothing changed
+    /// (Cilium's enforcer: every 5 minutes).
+    pub config_enforce_period: Duration,
+    /// Retry delays: connecting, relisting, rewriting.
+    pub backoff: Backoff,
+}
+
+impl Default for RemoteOptions {
+    fn default() -> RemoteOptions {
+        RemoteOptions {
+            shadow_import: false,
+            limits: BTreeMap::new(),
+            config_enforce_period: Duration::from_secs(5 * 60),
+            backoff: Backoff::default(),
+        }
+    }
+}
+
+impl RemoteOptions {
+    fn limits(&self, resource: Resource) -> ReflectorLimits {
+        self.limits.get(&resource).copied().unwrap_or_default()
+    }
+}
+
+type ResourceHandles = BTreeMap<String, (Arc<Mutex<ReflectorStatus>>, watch::Receiver<bool>)>;
 
 /// Everything needed to mirror one remote cluster.
 pub struct RemoteCluster {
@@ -51,190 +105,131 @@ pub struct RemoteCluster {
     etcd: EtcdConfig,
     local: Arc<TargetWriter>,
     runtime: Arc<FilterRuntime>,
-    backoff: Backoff,
-    status: Arc<Mutex<RemoteStatus>>,
-    endpoints: Arc<Mutex<Option<Arc<ImportMirror>>>>,
-    source: Arc<Mutex<Option<(Client, String)>>>,
-    nodes: Arc<Mutex<Option<Arc<NodeCache>>>>,
-    shadow_import: bool,
+    options: RemoteOptions,
+    metrics: SyncMetrics,
+    handle: RemoteStatusHandle,
 }
 
 impl RemoteCluster {
-    /// Shadow mode for the import hook: decisions are made, counted and shown, but every
-    /// endpoint is mirrored, so a new filter can be judged before it removes anything.
-    pub fn with_shadow_import(mut self, shadow: bool) -> RemoteCluster {
-        self.shadow_import = shadow;
-        self
-    }
-
     /// A remote cluster `name` reached with `etcd`, mirrored through `local`.
     pub fn new(
         name: ClusterName,
         etcd: EtcdConfig,
         local: Arc<TargetWriter>,
         runtime: Arc<FilterRuntime>,
-        backoff: Backoff,
+        options: RemoteOptions,
+        metrics: SyncMetrics,
     ) -> RemoteCluster {
-        let status = Arc::new(Mutex::new(RemoteStatus {
-            cluster: name.to_string(),
-            ..Default::default()
-        }));
+        let handle = RemoteStatusHandle::default();
+        handle.status.lock().cluster = name.to_string();
         RemoteCluster {
             name,
             etcd,
             local,
             runtime,
-            backoff,
-            status,
-            endpoints: Arc::default(),
-            source: Arc::default(),
-            nodes: Arc::default(),
-            shadow_import: false,
+            options,
+            metrics,
+            handle,
         }
     }
 
     /// Live status, including every reflector's.
     pub fn status_handle(&self) -> RemoteStatusHandle {
-        RemoteStatusHandle {
-            status: self.status.clone(),
-            endpoints: self.endpoints.clone(),
-            source: self.source.clone(),
-            nodes: self.nodes.clone(),
-            resources: Arc::default(),
-        }
+        self.handle.clone()
     }
 
-    /// Connects (retrying with backoff), reads the remote's cluster config, writes the
+    /// Connects (retrying with backoff), reads the remote's cluster config, enforces the
     /// cached config locally and runs the reflectors until `cancel`. A change of the
     /// remote's cluster config (its cluster ID, or what it exports) ends the session and
-    /// starts a new one with the new config: the reflectors re-list, the identity range
-    /// follows the new ID, and the cached config is rewritten.
-    pub async fn run(mut self, cancel: CancellationToken, handle: RemoteStatusHandle) {
-        loop {
-            let session = cancel.child_token();
-            let changed = self.run_session(session.clone(), &handle).await;
-            if cancel.is_cancelled() || !changed {
-                return;
+    /// starts a new one with the new config.
+    pub async fn run(mut self, cancel: CancellationToken) {
+        let span = tracing::info_span!("remote", cluster = %self.name);
+        async move {
+            loop {
+                let session = cancel.child_token();
+                let changed = self.run_session(session.clone()).await;
+                session.cancel();
+                if cancel.is_cancelled() || !changed {
+                    return;
+                }
+                self.metrics
+                    .config_changes
+                    .get_or_create(&self.metrics.cluster(self.name.as_str()))
+                    .inc();
+                let mut s = self.handle.status.lock();
+                s.config_changes += 1;
+                s.connected = false;
+                s.synced = false;
             }
-            let mut s = self.status.lock();
-            s.config_changes += 1;
-            s.connected = false;
-            s.synced = false;
         }
+        .instrument(span)
+        .await
     }
 
     /// One connection: returns whether it ended because the remote's config changed.
-    async fn run_session(
-        &mut self,
-        cancel: CancellationToken,
-        handle: &RemoteStatusHandle,
-    ) -> bool {
-        let handle = handle.clone();
-        let (client, remote_config) = loop {
-            match self.connect().await {
-                Ok(ok) => break ok,
-                Err(e) => {
-                    let delay = self.backoff.next_delay();
-                    tracing::warn!(cluster = %self.name, error = %e, retry_in = ?delay, "cannot reach remote cluster");
-                    {
-                        let mut s = self.status.lock();
-                        s.connect_failures += 1;
-                        s.last_error = Some(e.to_string());
-                    }
-                    tokio::select! {
-                        _ = cancel.cancelled() => return false,
-                        _ = tokio::time::sleep(delay) => {}
-                    }
-                }
-            }
+    async fn run_session(&mut self, cancel: CancellationToken) -> bool {
+        let Some((client, remote_config)) = self.connect(&cancel).await else {
+            return false;
         };
+        let label = self.metrics.cluster(self.name.as_str());
+        self.metrics.connected.get_or_create(&label).set(1);
         {
-            let mut s = self.status.lock();
+            let mut s = self.handle.status.lock();
             s.connected = true;
             s.last_error = None;
         }
+        let mut tasks = JoinSet::new();
+        *self.handle.resources.lock() = BTreeMap::new();
         // Agents start watching a cluster only once its config is there.
-        let cached = remote_config.as_cached();
-        let key = cluster_config_key(&self.name);
-        loop {
-            match self
-                .local
-                .apply(&[WriteOp::Put {
-                    key: key.clone(),
-                    value: Bytes::from(cached.to_json_bytes()),
-                }])
-                .await
-            {
-                Ok(()) => break,
-                Err(e) => {
-                    tracing::warn!(cluster = %self.name, error = %e, "cannot write the cluster config locally; retrying");
-                    tokio::select! {
-                        _ = cancel.cancelled() => return false,
-                        _ = tokio::time::sleep(self.backoff.next_delay()) => {}
-                    }
-                }
+        tasks.spawn(
+            ConfigEnforcer {
+                cluster: self.name.clone(),
+                writer: self.local.clone(),
+                value: Bytes::from(remote_config.as_cached().to_json_bytes()),
+                period: self.options.config_enforce_period,
+                backoff: self.options.backoff.clone(),
+                metrics: self.metrics.clone(),
+                handle: self.handle.clone(),
             }
-        }
-        self.backoff.reset();
-        let source_is_cache = remote_config.capabilities.cached;
-        let prefix = |r: Resource| {
-            if source_is_cache {
-                r.cache_prefix(&self.name)
-            } else {
-                r.source_prefix(&self.name)
-            }
+            .run(cancel.clone())
+            .in_current_span(),
+        );
+        let session = Session {
+            remote: self,
+            client: client.clone(),
+            config: remote_config.clone(),
         };
         let nodes = NodeCache::new(self.name.clone());
-        *self.nodes.lock() = Some(nodes.clone());
+        *self.handle.nodes.lock() = Some(nodes.clone());
         let identities = IdentityCache::new(self.name.clone());
-        let mut tasks = JoinSet::new();
 
         let node_cache = nodes.clone();
-        let nodes_mirror = VerbatimMirror::new(
-            "nodes",
-            prefix(Resource::Nodes),
-            Resource::Nodes.cache_prefix(&self.name),
-            Some(Resource::Nodes.cache_canary_key(&self.name)),
-        )
-        .observed_by(move |suffix, value| node_cache.update(suffix, value));
+        let nodes_mirror = session
+            .verbatim(Resource::Nodes)
+            .observed_by(move |suffix, value| node_cache.update(suffix, value));
         let identity_cache = identities.clone();
-        let identities_mirror = VerbatimMirror::new(
-            "identities",
-            prefix(Resource::Identities),
-            Resource::Identities.cache_prefix(&self.name),
-            Some(Resource::Identities.cache_canary_key(&self.name)),
-        )
-        .observed_by(move |suffix, value| identity_cache.update(suffix, value));
-        let mut nodes_synced = self.spawn(&mut tasks, &cancel, &handle, nodes_mirror, &client);
-        let mut identities_synced =
-            self.spawn(&mut tasks, &cancel, &handle, identities_mirror, &client);
-        // As kvstoremesh enables them: service exports when the remote says it exports
-        // them, endpoint slices (opaque zstd protobuf, copied as bytes) when it runs
-        // service v2, legacy services unless it runs service v2 only.
-        let slices = &remote_config.capabilities.endpoint_slices_export_mode;
+        let identities_mirror = session
+            .verbatim(Resource::Identities)
+            .observed_by(move |suffix, value| identity_cache.update(suffix, value));
+        let mut nodes_synced =
+            session.spawn(&mut tasks, &cancel, Arc::new(nodes_mirror), Resource::Nodes);
+        let mut identities_synced = session.spawn(
+            &mut tasks,
+            &cancel,
+            Arc::new(identities_mirror),
+            Resource::Identities,
+        );
         for resource in [
             Resource::Services,
             Resource::ServiceExports,
             Resource::EndpointSlices,
         ] {
-            let enabled = match resource {
-                Resource::ServiceExports => {
-                    remote_config.capabilities.service_exports_enabled.is_some()
-                }
-                Resource::EndpointSlices => *slices != EndpointSlicesExportMode::ServicesOnly,
-                Resource::Services => *slices != EndpointSlicesExportMode::EndpointSlicesOnly,
-                _ => true,
-            };
-            if !enabled {
-                continue;
+            if session.config.exports(resource) {
+                let mirror = Arc::new(session.verbatim(resource));
+                session.spawn(&mut tasks, &cancel, mirror, resource);
+            } else {
+                session.spawn_disabled(&mut tasks, &cancel, resource);
             }
-            let mirror = VerbatimMirror::new(
-                resource.name(),
-                prefix(resource),
-                resource.cache_prefix(&self.name),
-                Some(resource.cache_canary_key(&self.name)),
-            );
-            self.spawn(&mut tasks, &cancel, &handle, mirror, &client);
         }
         // Endpoints are decided with their node's region and their identity's labels, so
         // they start once both are known.
@@ -245,11 +240,12 @@ impl RemoteCluster {
         tokio::select! {
             _ = cancel.cancelled() => {}
             _ = both_synced => {
-                *self.source.lock() = Some((client.clone(), prefix(Resource::Endpoints)));
+                let source_prefix = session.source_prefix(Resource::Endpoints);
+                *self.handle.source.lock() = Some((client.clone(), source_prefix.clone()));
                 let endpoints = ImportMirror::new(
-                    self.shadow_import,
+                    self.options.shadow_import,
                     self.name.clone(),
-                    prefix(Resource::Endpoints),
+                    source_prefix,
                     Resource::Endpoints.cache_prefix(&self.name),
                     Resource::Endpoints.cache_canary_key(&self.name),
                     self.runtime.clone(),
@@ -258,118 +254,65 @@ impl RemoteCluster {
                     cancel.clone(),
                 );
                 endpoints.check_identity_range(remote_config.id, remote_config.capabilities.max_connected_clusters);
-                *self.endpoints.lock() = Some(endpoints.clone());
-                self.spawn_arc(&mut tasks, &cancel, &handle, endpoints, &client);
+                *self.handle.endpoints.lock() = Some(endpoints.clone());
+                session.spawn(&mut tasks, &cancel, endpoints, Resource::Endpoints);
             }
         }
         let changed = tokio::select! {
             _ = cancel.cancelled() => false,
-            () = self.config_changed(&client, &remote_config) => true,
+            () = self.config_changed(&client, &remote_config, &cancel) => true,
         };
         cancel.cancel();
         while tasks.join_next().await.is_some() {}
+        self.metrics.connected.get_or_create(&label).set(0);
         changed
     }
 
-    /// Resolves when the remote's cluster config differs from `current`; never while it
-    /// stays the same (watch errors are retried, a missing or unparsable config is not a
-    /// change: the reflectors keep going with what they have).
-    async fn config_changed(&self, client: &Client, current: &CiliumClusterConfig) {
-        let key = cluster_config_key(&self.name);
+    /// Connects and reads the remote's cluster config, retrying with backoff; `None` when
+    /// cancelled first.
+    async fn connect(
+        &mut self,
+        cancel: &CancellationToken,
+    ) -> Option<(Client, CiliumClusterConfig)> {
+        let mut backoff = self.options.backoff.clone();
         loop {
-            let mut watch = client.watch_client();
-            if let Ok(mut stream) = watch.watch(key.as_bytes(), None).await {
-                // A change between the first read and this watch would be missed: read
-                // once more now that the watch is in place.
-                if let Ok((_, now)) = self.connect_with(client).await
-                    && &now != current
-                {
-                    self.log_config_change(current, &now);
-                    return;
-                }
-                while let Ok(Some(resp)) = stream.message().await {
-                    for event in resp.events() {
-                        let Some(kv) = event.kv() else { continue };
-                        if event.event_type() != etcd_client::EventType::Put {
-                            continue;
-                        }
-                        if let Ok(now) = CiliumClusterConfig::parse(&self.name, &key, kv.value())
-                            && &now != current
-                        {
-                            self.log_config_change(current, &now);
-                            return;
-                        }
+            let attempt = async {
+                let client = self.etcd.connect(self.name.as_str()).await?;
+                let config = self.read_config(&client).await?;
+                Ok::<_, SyncError>((client, config))
+            };
+            let outcome = tokio::select! {
+                _ = cancel.cancelled() => return None,
+                outcome = attempt => outcome,
+            };
+            match outcome {
+                Ok(connected) => return Some(connected),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot reach the remote cluster");
+                    self.metrics
+                        .connect_failures
+                        .get_or_create(&self.metrics.cluster(self.name.as_str()))
+                        .inc();
+                    {
+                        let mut s = self.handle.status.lock();
+                        s.connect_failures += 1;
+                        s.last_error = Some(bounded(e.to_string(), MAX_ERROR_CHARS));
+                    }
+                    if !backoff.wait(cancel).await {
+                        return None;
                     }
                 }
             }
-            tokio::time::sleep(self.backoff.ceiling()).await;
         }
     }
 
-    fn log_config_change(&self, old: &CiliumClusterConfig, new: &CiliumClusterConfig) {
-        tracing::warn!(
-            cluster = %self.name,
-            old_id = old.id,
-            new_id = new.id,
-            "remote cluster config changed: reconnecting and re-listing everything"
-        );
-    }
-
-    fn spawn<M: Mirror>(
-        &self,
-        tasks: &mut JoinSet<()>,
-        cancel: &CancellationToken,
-        handle: &RemoteStatusHandle,
-        mirror: M,
-        client: &Client,
-    ) -> tokio::sync::watch::Receiver<bool> {
-        self.spawn_arc(tasks, cancel, handle, Arc::new(mirror), client)
-    }
-
-    fn spawn_arc<M: Mirror>(
-        &self,
-        tasks: &mut JoinSet<()>,
-        cancel: &CancellationToken,
-        handle: &RemoteStatusHandle,
-        mirror: Arc<M>,
-        client: &Client,
-    ) -> tokio::sync::watch::Receiver<bool> {
-        let name = mirror.name().to_string();
-        let reflector = Reflector::new(
-            self.name.as_str(),
-            client.clone(),
-            self.local.clone(),
-            mirror,
-            self.backoff.clone(),
-        );
-        handle
-            .resources
-            .lock()
-            .insert(name, (reflector.status(), reflector.synced()));
-        let synced = reflector.synced();
-        tasks.spawn(reflector.run(cancel.clone()));
-        synced
-    }
-
-    async fn connect(&self) -> Result<(Client, CiliumClusterConfig), SyncError> {
-        let client = self.etcd.connect(self.name.as_str()).await?;
-        self.connect_with(&client).await
-    }
-
-    /// Reads the cluster config through `client`.
-    async fn connect_with(
-        &self,
-        client: &Client,
-    ) -> Result<(Client, CiliumClusterConfig), SyncError> {
-        let client = client.clone();
+    /// Reads the remote's cluster config through `client`.
+    async fn read_config(&self, client: &Client) -> Result<CiliumClusterConfig, SyncError> {
         let key = cluster_config_key(&self.name);
         let mut kv = client.kv_client();
         let resp = tokio::time::timeout(Duration::from_secs(10), kv.get(key.as_bytes(), None))
             .await
-            .map_err(|_| SyncError::Timeout {
-                cluster: self.name.to_string(),
-                what: "reading the cluster config",
-            })?
+            .map_err(|_| SyncError::timeout(self.name.as_str(), "reading the cluster config"))?
             .map_err(SyncError::etcd(self.name.as_str()))?;
         let Some(kv) = resp.kvs().first() else {
             return Err(SyncError::ClusterConfig {
@@ -377,13 +320,225 @@ impl RemoteCluster {
                 message: format!("{key} is missing (is the clustermesh-apiserver running?)"),
             });
         };
-        let config = CiliumClusterConfig::parse(&self.name, &key, kv.value()).map_err(|e| {
+        CiliumClusterConfig::parse(&self.name, &key, kv.value()).map_err(|e| {
             SyncError::ClusterConfig {
                 cluster: self.name.to_string(),
                 message: e.to_string(),
             }
-        })?;
-        Ok((client, config))
+        })
+    }
+
+    /// Resolves when the remote's cluster config differs from `current`; never while it
+    /// stays the same (a missing or unparsable config is not a change: the reflectors
+    /// keep going with what they have).
+    async fn config_changed(
+        &self,
+        client: &Client,
+        current: &CiliumClusterConfig,
+        cancel: &CancellationToken,
+    ) {
+        let key = cluster_config_key(&self.name);
+        let (mut events, _task) = Watcher::key(self.name.as_str(), client.clone(), key.clone())
+            .with_backoff(self.options.backoff.clone())
+            .spawn(4, cancel.child_token());
+        let differs =
+            |value: &[u8]| {
+                CiliumClusterConfig::parse(&self.name, &key, value).is_ok_and(|now| {
+                let changed = &now != current;
+                if changed {
+                    tracing::warn!(old_id = current.id, new_id = now.id,
+                        "remote cluster config changed: reconnecting and listing everything again");
+                }
+                changed
+            })
+            };
+        while let Some(event) = events.recv().await {
+            let changed = match event {
+                WatchEvent::InitPage(entries) => entries.iter().any(|e| differs(&e.value)),
+                WatchEvent::Changes(changes) => changes.iter().any(|c| match c {
+                    Change::Put(e) => differs(&e.value),
+                    Change::Delete { .. } => false,
+                }),
+                _ => false,
+            };
+            if changed {
+                return;
+            }
+        }
+        std::future::pending::<()>().await
+    }
+}
+
+/// What one session of a remote knows: its client and its config.
+struct Session<'a> {
+    remote: &'a RemoteCluster,
+    client: Client,
+    config: CiliumClusterConfig,
+}
+
+impl Session<'_> {
+    /// Where `resource` is read at the remote: its state prefix, or its cache prefix when
+    /// the remote is itself a kvstoremesh cache (`cmapisrv-mock`, chained kvstoremesh).
+    fn source_prefix(&self, resource: Resource) -> String {
+        if self.config.capabilities.cached {
+            resource.cache_prefix(&self.remote.name)
+        } else {
+            resource.source_prefix(&self.remote.name)
+        }
+    }
+
+    /// The remote's own canary for `resource`, which gates every list, when its config
+    /// says it writes canaries.
+    fn gate(&self, resource: Resource) -> Option<String> {
+        let name = &self.remote.name;
+        self.config.capabilities.synced_canaries.then(|| {
+            if self.config.capabilities.cached {
+                resource.cache_canary_key(name)
+            } else {
+                resource.source_canary_key(name)
+            }
+        })
+    }
+
+    /// A verbatim mirror of `resource` into the cache (what kvstoremesh does).
+    fn verbatim(&self, resource: Resource) -> VerbatimMirror {
+        let name = &self.remote.name;
+        VerbatimMirror::new(
+            resource.name(),
+            self.source_prefix(resource),
+            resource.cache_prefix(name),
+            Some(resource.cache_canary_key(name)),
+        )
+    }
+
+    fn spawn<M: Mirror>(
+        &self,
+        tasks: &mut JoinSet<()>,
+        cancel: &CancellationToken,
+        mirror: Arc<M>,
+        resource: Resource,
+    ) -> watch::Receiver<bool> {
+        let remote = self.remote;
+        let reflector = Reflector::new(
+            remote.name.as_str(),
+            self.client.clone(),
+            remote.local.clone(),
+            mirror,
+            remote.options.backoff.clone(),
+            remote.metrics.clone(),
+        )
+        .gated_on(self.gate(resource))
+        .with_limits(remote.options.limits(resource));
+        let synced = reflector.synced();
+        remote.handle.resources.lock().insert(
+            reflector.name().to_string(),
+            (reflector.status(), synced.clone()),
+        );
+        tasks.spawn(reflector.run(cancel.clone()).in_current_span());
+        synced
+    }
+
+    /// For a resource the remote does not export: drains what an earlier session left in
+    /// the cache and writes its canary (agents wait for every canary).
+    fn spawn_disabled(
+        &self,
+        tasks: &mut JoinSet<()>,
+        cancel: &CancellationToken,
+        resource: Resource,
+    ) {
+        let remote = self.remote;
+        let status: Arc<Mutex<ReflectorStatus>> = Arc::default();
+        let (synced_tx, synced) = watch::channel(false);
+        remote
+            .handle
+            .resources
+            .lock()
+            .insert(resource.name().to_string(), (status.clone(), synced));
+        let disabled = Disabled {
+            target: TargetKeys::new(remote.local.clone(), resource.cache_prefix(&remote.name)),
+            canary: resource.cache_canary_key(&remote.name),
+            writer: remote.local.clone(),
+            backoff: remote.options.backoff.clone(),
+            status,
+            synced: synced_tx,
+        };
+        tasks.spawn(disabled.run(cancel.clone()).in_current_span());
+    }
+}
+
+/// Keeps `cilium/cluster-config/<cluster>` in the local etcd: written at start, every
+/// `period`, after a lost lease, and whenever someone else changes or deletes it.
+struct ConfigEnforcer {
+    cluster: ClusterName,
+    writer: Arc<TargetWriter>,
+    value: Bytes,
+    period: Duration,
+    backoff: Backoff,
+    metrics: SyncMetrics,
+    handle: RemoteStatusHandle,
+}
+
+impl ConfigEnforcer {
+    async fn run(mut self, cancel: CancellationToken) {
+        let key = cluster_config_key(&self.cluster);
+        let mut target = TargetKeys::exact(self.writer.clone(), key.clone());
+        let (mut events, _task) = Watcher::key("local", self.writer.client(), key.clone())
+            .with_backoff(self.backoff.clone())
+            .spawn(4, cancel.child_token());
+        let mut lost = self.writer.lease_lost();
+        let mut tick = tokio::time::interval(self.period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.reset();
+        loop {
+            // Read what is there, then put ours unless it is there on our lease.
+            let enforced = async {
+                target.adopt().await?;
+                let before = target.get(&key).cloned();
+                target
+                    .converge([(key.clone(), Some(self.value.clone()))])
+                    .await?;
+                Ok::<_, SyncError>(before.as_ref() != Some(&self.value))
+            };
+            match enforced.await {
+                Ok(rewritten) => {
+                    self.backoff.reset();
+                    self.metrics
+                        .config_enforced
+                        .get_or_create(&self.metrics.cluster(self.cluster.as_str()))
+                        .inc();
+                    self.handle.status.lock().config_enforced += 1;
+                    if rewritten {
+                        tracing::debug!(key, "cluster config written");
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(key, error = %e, "cannot write the cluster config; retrying");
+                    if !self.backoff.wait(&cancel).await {
+                        return;
+                    }
+                    continue;
+                }
+            }
+            loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tick.tick() => break,
+                    changed = lost.changed() => if changed.is_ok() { break } else { return },
+                    event = events.recv() => match event {
+                        // Someone else wrote or deleted it.
+                        Some(WatchEvent::Changes(changes)) => {
+                            let ours = changes.iter().all(|c| matches!(c, Change::Put(e) if e.value == self.value && self.writer.live_leases().contains(&e.lease)));
+                            if !ours {
+                                tracing::warn!(key, "the cluster config was changed or deleted by someone else: writing it again");
+                                break;
+                            }
+                        }
+                        Some(_) => {}
+                        None => return,
+                    },
+                }
+            }
+        }
     }
 }
 
@@ -394,18 +549,7 @@ pub struct RemoteStatusHandle {
     endpoints: Arc<Mutex<Option<Arc<ImportMirror>>>>,
     source: Arc<Mutex<Option<(Client, String)>>>,
     nodes: Arc<Mutex<Option<Arc<NodeCache>>>>,
-    #[allow(clippy::type_complexity)]
-    resources: Arc<
-        Mutex<
-            BTreeMap<
-                String,
-                (
-                    Arc<Mutex<ReflectorStatus>>,
-                    tokio::sync::watch::Receiver<bool>,
-                ),
-            >,
-        >,
-    >,
+    resources: Arc<Mutex<ResourceHandles>>,
 }
 
 impl RemoteStatusHandle {
@@ -418,7 +562,9 @@ impl RemoteStatusHandle {
             .map(|(k, (st, _))| (k.clone(), st.lock().clone()))
             .collect();
         let endpoints = self.endpoints.lock().clone();
-        s.synced = endpoints.is_some() && resources.values().all(|(_, synced)| *synced.borrow());
+        s.synced = endpoints.is_some()
+            && resources.contains_key("endpoints")
+            && resources.values().all(|(_, synced)| *synced.borrow());
         if let Some(e) = endpoints {
             s.endpoints = e.stats();
         }
@@ -437,10 +583,13 @@ impl RemoteStatusHandle {
             });
         };
         let mut kv = client.kv_client();
-        let resp = kv
-            .get(format!("{prefix}{ip}"), None)
-            .await
-            .map_err(SyncError::etcd(&cluster))?;
+        let resp = tokio::time::timeout(
+            Duration::from_secs(5),
+            kv.get(format!("{prefix}{ip}"), None),
+        )
+        .await
+        .map_err(|_| SyncError::timeout(&cluster, "reading an endpoint"))?
+        .map_err(SyncError::etcd(&cluster))?;
         let value = resp.kvs().first().map(|kv| kv.value().to_vec());
         Ok(tokio::task::block_in_place(|| {
             mirror.explain(ip, value.as_deref())

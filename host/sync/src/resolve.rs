@@ -2,11 +2,16 @@
 //! left it out, for the node agent's datapath-miss path.
 //!
 //! The owner of the covering pod CIDR is asked first, then the other remotes. A found
-//! endpoint is pinned in its cluster's import mirror: the reflector writes it into the
-//! local cache like any mirrored entry (same lease, same watch updates) and deletes it
-//! once the pin expires unused; resolving it again renews the pin. One fetch per address
-//! is in flight at a time, misses are negative-cached, and fetches are rate-limited so a
-//! flood of unknown addresses cannot turn into a flood of etcd requests.
+//! endpoint is checked the way the mirror checks what it writes (it parses as an entry of
+//! that cluster for that address, its identity lies in the cluster's range, it is not too
+//! large), created in the local cache only if the key is absent (so a mirrored key never
+//! changes hands), through the mirror's own writer (its leases, its leader fence), and
+//! pinned in the cluster's import mirror, which keeps it while the pin lasts and deletes
+//! it once the pin expires unless the filters keep it; resolving it again renews the pin.
+//!
+//! One fetch per address is in flight at a time, misses are negative-cached, fetches are
+//! rate-limited overall and per client, and remote reads time out, so a flood of unknown
+//! addresses cannot turn into a flood of etcd requests.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -14,10 +19,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+use meshfilter_cilium::{ClusterName, Resource};
 use parking_lot::Mutex;
 use tokio::sync::OnceCell;
 
+use crate::reflector::ReflectorLimits;
 use crate::remote::RemoteStatusHandle;
+use crate::writer::TargetWriter;
 
 /// A resolved endpoint.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -50,7 +59,15 @@ pub enum ResolveError {
     /// Too many fetches per second.
     #[error("resolution rate limit reached")]
     RateLimited,
-    /// It was found but did not appear in the local cache in time.
+    /// It was found, but the entry is not one the mirror would accept.
+    #[error("{ip} was found in {cluster}, but its entry is invalid")]
+    Invalid {
+        /// The address.
+        ip: IpAddr,
+        /// Where it was found.
+        cluster: String,
+    },
+    /// It was found but could not be written into the local cache.
     #[error("{ip} was found in {cluster} but could not be written into the local cache")]
     NotInstalled {
         /// The address.
@@ -70,54 +87,111 @@ pub struct ResolverStats {
     pub deduplicated: AtomicU64,
     /// Requests answered from the negative cache.
     pub negative_hits: AtomicU64,
-    /// Requests refused by the rate limit.
+    /// Requests refused by the overall rate limit.
     pub rate_limited: AtomicU64,
+    /// Requests refused by the per-client rate limit.
+    pub client_rate_limited: AtomicU64,
     /// Fetches sent to remote etcds.
     pub remote_reads: AtomicU64,
+    /// Remote reads that failed or timed out.
+    pub remote_errors: AtomicU64,
+    /// Found entries refused because the mirror would not accept them.
+    pub refused: AtomicU64,
     /// Addresses resolved.
     pub resolved: AtomicU64,
 }
 
 type Inflight = Arc<OnceCell<Result<Resolved, ResolveError>>>;
 
+/// How a resolver is bounded.
+#[derive(Debug, Clone)]
+pub struct ResolverConfig {
+    /// How long a found entry stays pinned after its last resolution.
+    pub pin_ttl: Duration,
+    /// How long a miss is remembered.
+    pub negative_ttl: Duration,
+    /// Fetches started per second, overall.
+    pub per_second: u32,
+    /// Requests per second from one client address.
+    pub per_client_per_second: u32,
+    /// How long one remote read may take.
+    pub remote_timeout: Duration,
+}
+
+impl Default for ResolverConfig {
+    fn default() -> ResolverConfig {
+        ResolverConfig {
+            pin_ttl: Duration::from_secs(300),
+            negative_ttl: Duration::from_secs(5),
+            per_second: 1000,
+            per_client_per_second: 200,
+            remote_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Clients tracked for the per-client limit; beyond this, the oldest buckets go.
+const MAX_CLIENTS: usize = 65_536;
+
+/// A token bucket refilled at `rate` per second up to `rate`.
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+impl Bucket {
+    fn full(rate: f64) -> Bucket {
+        Bucket {
+            tokens: rate,
+            at: Instant::now(),
+        }
+    }
+
+    fn take(&mut self, rate: f64) -> bool {
+        let now = Instant::now();
+        self.tokens = (self.tokens + now.duration_since(self.at).as_secs_f64() * rate).min(rate);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// The remotes a resolver searches, as the mesh lists them.
+pub type RemoteList = Arc<dyn Fn() -> Vec<(ClusterName, RemoteStatusHandle)> + Send + Sync>;
+
 /// Resolves addresses across the remotes a mesh mirrors.
 pub struct Resolver {
-    remotes: Arc<dyn Fn() -> Vec<(String, RemoteStatusHandle)> + Send + Sync>,
-    local: etcd_client::Client,
-    pin_ttl: Duration,
-    negative_ttl: Duration,
-    per_second: f64,
-    bucket: Mutex<(f64, Instant)>,
+    remotes: RemoteList,
+    writer: Arc<TargetWriter>,
+    config: ResolverConfig,
+    bucket: Mutex<Bucket>,
+    clients: Mutex<HashMap<IpAddr, Bucket>>,
     inflight: Mutex<HashMap<IpAddr, Inflight>>,
     negative: Mutex<HashMap<IpAddr, Instant>>,
-    /// The lease resolved entries are written under, and when it was granted: shared by
-    /// every resolution within a second, so most cost one write, not a grant and a write.
-    lease: tokio::sync::Mutex<Option<(i64, Instant)>>,
     stats: ResolverStats,
 }
 
 impl Resolver {
-    /// `remotes` lists the mirrored remotes; found entries stay pinned for `pin_ttl`
-    /// after their last resolution, misses are remembered for `negative_ttl`, and at most
-    /// `per_second` fetches start per second.
+    /// Searches `remotes`, writing found entries through `writer` (the mirror's).
     pub fn new(
-        remotes: Arc<dyn Fn() -> Vec<(String, RemoteStatusHandle)> + Send + Sync>,
-        local: etcd_client::Client,
-        pin_ttl: Duration,
-        negative_ttl: Duration,
-        per_second: u32,
+        remotes: RemoteList,
+        writer: Arc<TargetWriter>,
+        config: ResolverConfig,
     ) -> Arc<Resolver> {
-        let per_second = f64::from(per_second.max(1));
+        let rate = f64::from(config.per_second.max(1));
         Arc::new(Resolver {
             remotes,
-            local,
-            pin_ttl,
-            negative_ttl,
-            per_second,
-            bucket: Mutex::new((per_second, Instant::now())),
+            writer,
+            bucket: Mutex::new(Bucket::full(rate)),
+            config,
+            clients: Mutex::default(),
             inflight: Mutex::default(),
             negative: Mutex::default(),
-            lease: tokio::sync::Mutex::new(None),
             stats: ResolverStats::default(),
         })
     }
@@ -127,9 +201,26 @@ impl Resolver {
         &self.stats
     }
 
-    /// Resolves `ip` and waits until it is in the local cache.
-    pub async fn resolve(&self, ip: IpAddr) -> Result<Resolved, ResolveError> {
+    /// How long a found entry stays pinned.
+    pub fn pin_ttl(&self) -> Duration {
+        self.config.pin_ttl
+    }
+
+    /// Resolves `ip` for `client` and waits until it is in the local cache.
+    pub async fn resolve(
+        &self,
+        ip: IpAddr,
+        client: Option<IpAddr>,
+    ) -> Result<Resolved, ResolveError> {
         self.stats.requests.fetch_add(1, Ordering::Relaxed);
+        if let Some(client) = client
+            && !self.client_token(client)
+        {
+            self.stats
+                .client_rate_limited
+                .fetch_add(1, Ordering::Relaxed);
+            return Err(ResolveError::RateLimited);
+        }
         if self
             .negative
             .lock()
@@ -168,35 +259,26 @@ impl Resolver {
         self.negative.lock().retain(|_, until| *until > now);
     }
 
-    fn take_token(&self) -> bool {
-        let mut b = self.bucket.lock();
-        let now = Instant::now();
-        b.0 = (b.0 + now.duration_since(b.1).as_secs_f64() * self.per_second).min(self.per_second);
-        b.1 = now;
-        if b.0 >= 1.0 {
-            b.0 -= 1.0;
-            true
-        } else {
-            false
+    fn client_token(&self, client: IpAddr) -> bool {
+        let rate = f64::from(self.config.per_client_per_second.max(1));
+        let mut clients = self.clients.lock();
+        if clients.len() >= MAX_CLIENTS && !clients.contains_key(&client) {
+            // Forget idle clients first; a full table of busy ones is reset.
+            let idle = Instant::now() - Duration::from_secs(10);
+            clients.retain(|_, b| b.at > idle);
+            if clients.len() >= MAX_CLIENTS {
+                clients.clear();
+            }
         }
-    }
-
-    /// A lease that lives as long as a pin (plus at most the second it is shared for).
-    async fn write_lease(&self) -> Result<i64, etcd_client::Error> {
-        let mut lease = self.lease.lock().await;
-        if let Some((id, granted)) = *lease
-            && granted.elapsed() < Duration::from_secs(1)
-        {
-            return Ok(id);
-        }
-        let ttl = i64::try_from(self.pin_ttl.as_secs().max(1) + 1).unwrap_or(i64::MAX);
-        let id = self.local.lease_client().grant(ttl, None).await?.id();
-        *lease = Some((id, Instant::now()));
-        Ok(id)
+        clients
+            .entry(client)
+            .or_insert_with(|| Bucket::full(rate))
+            .take(rate)
     }
 
     async fn fetch(&self, ip: IpAddr) -> Result<Resolved, ResolveError> {
-        if !self.take_token() {
+        let rate = f64::from(self.config.per_second.max(1));
+        if !self.bucket.lock().take(rate) {
             self.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
             return Err(ResolveError::RateLimited);
         }
@@ -210,54 +292,73 @@ impl Resolver {
                 continue;
             };
             self.stats.remote_reads.fetch_add(1, Ordering::Relaxed);
-            let found = client
-                .kv_client()
-                .get(
-                    format!("{prefix}{key_ip}"),
-                    Some(etcd_client::GetOptions::new().with_serializable()),
-                )
-                .await;
-            let Ok(resp) = found else { continue };
+            let mut kv = client.kv_client();
+            let read = kv.get(
+                format!("{prefix}{key_ip}"),
+                Some(etcd_client::GetOptions::new().with_serializable()),
+            );
+            let resp = match tokio::time::timeout(self.config.remote_timeout, read).await {
+                Ok(Ok(resp)) => resp,
+                Ok(Err(e)) => {
+                    self.stats.remote_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(%ip, %cluster, error = %e, "remote read failed");
+                    continue;
+                }
+                Err(_) => {
+                    self.stats.remote_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(%ip, %cluster, "remote read timed out");
+                    continue;
+                }
+            };
             let Some(kv) = resp.kvs().first() else {
                 continue;
             };
-            let value = kv.value_str().unwrap_or_default().to_string();
-            mirror.pin(&key_ip, Instant::now() + self.pin_ttl);
-            // Write it now rather than wait for the mirror: the pin makes the mirror
-            // write (and later delete) it too, under its own lease, but converging a
-            // whole remote takes longer than a node agent should wait. The entry's own
-            // lease ends with the pin, so nothing outlives it if the mirror never runs.
-            let key = format!("cilium/cache/ip/v1/{cluster}/{key_ip}");
-            let written = async {
-                let lease = self.write_lease().await?;
-                self.local
-                    .kv_client()
-                    .put(
-                        key.as_bytes(),
-                        value.as_bytes(),
-                        Some(etcd_client::PutOptions::new().with_lease(lease)),
-                    )
-                    .await
+            let value = Bytes::copy_from_slice(kv.value());
+            let checked = if value.len() > ReflectorLimits::default().max_value_bytes {
+                Err(format!(
+                    "{} bytes is more than an entry may be",
+                    value.len()
+                ))
+            } else {
+                mirror.validate(&key_ip, &value)
+            };
+            if let Err(why) = checked {
+                self.stats.refused.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(%ip, %cluster, why, "refusing a resolved entry the mirror would not accept");
+                return Err(ResolveError::Invalid {
+                    ip,
+                    cluster: cluster.to_string(),
+                });
             }
-            .await;
-            return match written {
-                Ok(_) => {
+            let key = Resource::Endpoints.cache_key(&cluster, &key_ip);
+            // Created only if absent: a key the mirror already holds keeps its value and
+            // its lease. The pin then makes the mirror take the entry as its own.
+            return match self.writer.create(&key, value.clone()).await {
+                Ok(created) => {
+                    mirror.pin(
+                        &key_ip,
+                        Instant::now() + self.config.pin_ttl,
+                        created.map(|lease| (value.clone(), lease)),
+                    );
                     self.stats.resolved.fetch_add(1, Ordering::Relaxed);
                     Ok(Resolved {
-                        cluster,
+                        cluster: cluster.to_string(),
                         key,
-                        value,
+                        value: String::from_utf8_lossy(&value).into_owned(),
                     })
                 }
                 Err(e) => {
                     tracing::warn!(%ip, %cluster, error = %e, "writing a resolved entry into the local cache");
-                    Err(ResolveError::NotInstalled { ip, cluster })
+                    Err(ResolveError::NotInstalled {
+                        ip,
+                        cluster: cluster.to_string(),
+                    })
                 }
             };
         }
         self.negative
             .lock()
-            .insert(ip, Instant::now() + self.negative_ttl);
+            .insert(ip, Instant::now() + self.config.negative_ttl);
         Err(ResolveError::NotFound { ip })
     }
 }

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use etcd_client::Client;
+use meshfilter_cilium::{ClusterName, Resource};
 use meshfilter_local_etcd::EtcdServer;
 use meshfilter_node::probe::ipv4_frame;
 use meshfilter_node::view::endpoint_info;
@@ -130,6 +131,22 @@ async fn run_async(args: &BenchNodeArgs) -> anyhow::Result<()> {
         }),
     )
     .await?;
+    // The canaries clustermesh-apiserver writes once its lists are in: the mesh lists
+    // nothing before them.
+    for resource in [
+        Resource::Endpoints,
+        Resource::Identities,
+        Resource::Nodes,
+        Resource::Services,
+    ] {
+        let cluster = ClusterName::new("cluster-b")?;
+        kv.put(
+            resource.source_canary_key(&cluster),
+            "2026-11-30T00:00:00Z",
+            None,
+        )
+        .await?;
+    }
     let mesh = MeshProcess::start(&local, &remote)?;
     let resolvers = Resolvers::new(
         Some(client.clone()),

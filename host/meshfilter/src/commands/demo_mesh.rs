@@ -12,11 +12,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use meshfilter_cilium::{ClusterName, IpIdentityPair};
+use meshfilter_cilium::{ClusterName, IpIdentityPair, Resource};
+use meshfilter_etcd::{Backoff, EtcdConfig};
 use meshfilter_filter_runtime::{ExportDecision, FilterEngine, FilterRuntime};
 use meshfilter_local_etcd::EtcdServer;
 use meshfilter_sync::{
-    Backoff, EtcdConfig, RemoteCluster, RemoteStatusHandle, TargetWriter, WriterConfig,
+    RemoteCluster, RemoteOptions, RemoteStatusHandle, SyncMetrics, TargetWriter, WriterConfig,
 };
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -78,6 +79,8 @@ async fn run_async(
             clients[i].clone(),
             &c.name,
             WriterConfig::default(),
+            None,
+            SyncMetrics::default(),
             cancel.clone(),
         );
         let mut mine = Vec::new();
@@ -90,11 +93,15 @@ async fn run_async(
                 EtcdConfig::plain([servers[j].endpoint()]),
                 writer.clone(),
                 runtimes[i].clone(),
-                Backoff::new(Duration::from_millis(100), Duration::from_secs(2)),
+                RemoteOptions {
+                    backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(2)),
+                    ..RemoteOptions::default()
+                },
+                SyncMetrics::default(),
             );
             let handle = remote.status_handle();
             mine.push((other.name.clone(), handle.clone()));
-            tasks.push(tokio::spawn(remote.run(cancel.clone(), handle)));
+            tasks.push(tokio::spawn(remote.run(cancel.clone())));
         }
         handles.push(mine);
     }
@@ -262,5 +269,18 @@ fn export_cluster(
         ));
     }
     println!("  exported {exported} of {}", c.endpoints.len());
+    // Written once every list is in, as clustermesh-apiserver does.
+    let cluster = ClusterName::new(c.name.clone())?;
+    for resource in [
+        Resource::Endpoints,
+        Resource::Identities,
+        Resource::Nodes,
+        Resource::Services,
+    ] {
+        kvs.push((
+            resource.source_canary_key(&cluster),
+            "2026-11-30T00:00:00Z".to_string(),
+        ));
+    }
     Ok((kvs, exported))
 }

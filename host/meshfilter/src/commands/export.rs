@@ -10,10 +10,12 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
+use meshfilter_etcd::Backoff;
 use meshfilter_filter_runtime::FilterRuntime;
 use meshfilter_k8s_source::{KubernetesExport, KubernetesStatusHandle};
 use meshfilter_sync::{
-    Backoff, ExportCluster, ExportStats, ExportStatusHandle, TargetWriter, WriterConfig,
+    ExportCluster, ExportStats, ExportStatusHandle, LeaderLock, SyncMetrics, TargetWriter,
+    WriterConfig,
 };
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::family::Family;
@@ -23,6 +25,9 @@ use serde_json::json;
 
 use crate::cli::ExportArgs;
 use crate::config::{ExportConfig, ExportSource};
+
+/// The lock export replicas take turns on, in the export etcd.
+const EXPORT_LOCK: &str = "cilium/meshfilter-export-lock";
 
 /// The running export, whichever its source.
 enum Exporting {
@@ -80,8 +85,38 @@ async fn serve(config: ExportConfig) -> anyhow::Result<()> {
         super::serve::load_filters(&config.filters, config.locality())?;
     let metrics = ExportMetrics::default();
     metrics.register(&mut registry);
+    let sync_metrics = SyncMetrics::default();
+    sync_metrics.register(&mut registry);
     let target = super::mesh::connect_with_retry(&config.export_etcd, "export", &cancel).await?;
-    let writer = TargetWriter::new(target, "export", WriterConfig::default(), cancel.clone());
+    // Replicas take turns: only the holder of the export lock writes, fenced by it.
+    let Some(lock) =
+        LeaderLock::acquire(&target, EXPORT_LOCK, config.sync.lock_ttl, &cancel).await?
+    else {
+        return Ok(());
+    };
+    let lost = lock.lost();
+    let lock_cancel = cancel.clone();
+    tokio::spawn(async move {
+        lost.cancelled().await;
+        lock_cancel.cancel();
+    });
+    let writer = TargetWriter::new(
+        target,
+        "export",
+        WriterConfig {
+            lease_ttl: config.sync.lease_ttl,
+            ..WriterConfig::default()
+        },
+        Some(lock.fence()),
+        sync_metrics.clone(),
+        cancel.clone(),
+    );
+    let fenced = writer.fenced();
+    let fence_cancel = cancel.clone();
+    tokio::spawn(async move {
+        fenced.cancelled().await;
+        fence_cancel.cancel();
+    });
     let (task, exporting) = match &config.source {
         ExportSource::Etcd(etcd) => {
             let source = super::mesh::connect_with_retry(etcd, "source", &cancel).await?;
@@ -92,6 +127,7 @@ async fn serve(config: ExportConfig) -> anyhow::Result<()> {
                 writer,
                 runtime.clone(),
                 Backoff::default(),
+                sync_metrics.clone(),
             );
             let task = tokio::spawn(exporter.run(cancel.clone(), status.clone()));
             (task, Exporting::Etcd(status))
@@ -132,6 +168,7 @@ async fn serve(config: ExportConfig) -> anyhow::Result<()> {
         .with_graceful_shutdown(cancel.clone().cancelled_owned())
         .await?;
     let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+    lock.release().await;
     Ok(())
 }
 

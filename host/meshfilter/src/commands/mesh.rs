@@ -17,10 +17,11 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use meshfilter_cilium::ClusterName;
 use meshfilter_cilium::keys::{Resource, cluster_config_key, synced_prefix};
+use meshfilter_etcd::{Backoff, EtcdConfig};
 use meshfilter_filter_runtime::{FilterRuntime, GenerationInfo};
 use meshfilter_sync::{
-    Backoff, EtcdConfig, LeaderLock, RemoteCluster, RemoteStatus, RemoteStatusHandle, Resolver,
-    TargetWriter, WriterConfig,
+    LeaderLock, RemoteCluster, RemoteOptions, RemoteStatus, RemoteStatusHandle, Resolver,
+    ResolverConfig, SyncMetrics, TargetWriter, WriterConfig,
 };
 use prometheus_client::registry::Registry;
 use std::sync::Mutex;
@@ -63,6 +64,7 @@ struct Shared {
     leader: std::sync::atomic::AtomicBool,
     resolver: std::sync::OnceLock<Arc<Resolver>>,
     metrics: super::mesh_metrics::MeshMetrics,
+    sync_metrics: SyncMetrics,
 }
 
 struct RunningRemote {
@@ -87,6 +89,8 @@ async fn serve(config: MeshConfig, drain_grace: Duration) -> anyhow::Result<()> 
         super::serve::load_filters(&config.filters, config.locality())?;
     let mesh_metrics = super::mesh_metrics::MeshMetrics::default();
     mesh_metrics.register(&mut registry);
+    let sync_metrics = SyncMetrics::default();
+    sync_metrics.register(&mut registry);
 
     let local = connect_with_retry(&config.local_etcd, "local", &cancel).await?;
     let shared = Arc::new(Shared {
@@ -97,6 +101,7 @@ async fn serve(config: MeshConfig, drain_grace: Duration) -> anyhow::Result<()> 
         leader: std::sync::atomic::AtomicBool::new(false),
         resolver: std::sync::OnceLock::new(),
         metrics: mesh_metrics,
+        sync_metrics: sync_metrics.clone(),
     });
 
     let app = Router::new()
@@ -113,14 +118,17 @@ async fn serve(config: MeshConfig, drain_grace: Duration) -> anyhow::Result<()> 
     tracing::info!(listen = %config.listen, "serving /metrics /healthz /readyz /status");
     let server_cancel = cancel.clone();
     let server = tokio::spawn(async move {
-        let _ = axum::serve(listener, app)
-            .with_graceful_shutdown(server_cancel.cancelled_owned())
-            .await;
+        let _ = axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .with_graceful_shutdown(server_cancel.cancelled_owned())
+        .await;
     });
 
     // Only the replica holding Cilium's kvstoremesh lock writes the cache.
     let Some(lock) =
-        LeaderLock::acquire(&local, KVSTOREMESH_LOCK, Duration::from_secs(25), &cancel).await?
+        LeaderLock::acquire(&local, KVSTOREMESH_LOCK, config.sync.lock_ttl, &cancel).await?
     else {
         let _ = server.await;
         return Ok(());
@@ -134,6 +142,24 @@ async fn serve(config: MeshConfig, drain_grace: Duration) -> anyhow::Result<()> 
         lost.cancelled().await;
         lock_cancel.cancel();
     });
+    let writer = TargetWriter::new(
+        local.clone(),
+        "local",
+        WriterConfig {
+            lease_ttl: config.sync.lease_ttl,
+            ..WriterConfig::default()
+        },
+        Some(lock.fence()),
+        sync_metrics.clone(),
+        cancel.clone(),
+    );
+    // A write refused by the fence means another replica leads now: stop.
+    let fenced = writer.fenced();
+    let fence_cancel = cancel.clone();
+    tokio::spawn(async move {
+        fenced.cancelled().await;
+        fence_cancel.cancel();
+    });
     let remotes_for_resolver = shared.clone();
     let resolver = Resolver::new(
         Arc::new(move || {
@@ -142,13 +168,16 @@ async fn serve(config: MeshConfig, drain_grace: Duration) -> anyhow::Result<()> 
                 .lock()
                 .unwrap()
                 .iter()
-                .map(|(n, r)| (n.clone(), r.handle.clone()))
+                .filter_map(|(n, r)| Some((ClusterName::new(n.clone()).ok()?, r.handle.clone())))
                 .collect()
         }),
-        local.clone(),
-        config.resolve.pin_ttl,
-        config.resolve.negative_ttl,
-        config.resolve.per_second,
+        writer.clone(),
+        ResolverConfig {
+            pin_ttl: config.resolve.pin_ttl,
+            negative_ttl: config.resolve.negative_ttl,
+            per_second: config.resolve.per_second,
+            ..ResolverConfig::default()
+        },
     );
     let _ = shared.resolver.set(resolver.clone());
     let expiry_cancel = cancel.clone();
@@ -161,12 +190,6 @@ async fn serve(config: MeshConfig, drain_grace: Duration) -> anyhow::Result<()> 
             }
         }
     });
-    let writer = TargetWriter::new(
-        local.clone(),
-        "local",
-        WriterConfig::default(),
-        cancel.clone(),
-    );
     if config.heartbeat {
         tokio::spawn(heartbeat(writer.clone(), cancel.clone()));
     }
@@ -201,14 +224,11 @@ async fn serve(config: MeshConfig, drain_grace: Duration) -> anyhow::Result<()> 
 /// Writes `cilium/.heartbeat` every minute under the writer's lease, as kvstoremesh does
 /// with `--enable-heartbeat`: agents watch it to notice a cache that stopped moving.
 async fn heartbeat(writer: Arc<TargetWriter>, cancel: CancellationToken) {
+    let mut lease = 0;
     loop {
-        let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
-        let op = meshfilter_sync::WriteOp::Put {
-            key: HEARTBEAT.to_string(),
-            value: now.into(),
-        };
-        if let Err(e) = writer.apply(&[op]).await {
-            tracing::warn!(error = %e, "cannot write the heartbeat");
+        match writer.write_canary(HEARTBEAT, lease).await {
+            Ok(now_on) => lease = now_on,
+            Err(e) => tracing::warn!(error = %e, "cannot write the heartbeat"),
         }
         tokio::select! {
             _ = cancel.cancelled() => return,
@@ -222,19 +242,12 @@ pub(super) async fn connect_with_retry(
     name: &str,
     cancel: &CancellationToken,
 ) -> anyhow::Result<etcd_client::Client> {
-    let mut backoff = Backoff::default();
-    loop {
-        match etcd.connect(name).await {
-            Ok(c) => return Ok(c),
-            Err(e) => {
-                let delay = backoff.next_delay();
-                tracing::warn!(error = %e, retry_in = ?delay, "cannot reach the local etcd");
-                tokio::select! {
-                    _ = cancel.cancelled() => anyhow::bail!("shut down before the local etcd answered"),
-                    _ = tokio::time::sleep(delay) => {}
-                }
-            }
-        }
+    match etcd
+        .connect_with_retry(name, &mut Backoff::default(), cancel)
+        .await
+    {
+        Some(client) => Ok(client),
+        None => anyhow::bail!("shut down before the {name} etcd answered"),
     }
 }
 
@@ -270,12 +283,16 @@ async fn reconcile_remotes(
             etcd.clone(),
             writer.clone(),
             runtime.clone(),
-            Backoff::default(),
-        )
-        .with_shadow_import(shadow);
+            RemoteOptions {
+                shadow_import: shadow,
+                config_enforce_period: config.sync.config_enforce_period,
+                ..RemoteOptions::default()
+            },
+            shared.sync_metrics.clone(),
+        );
         let handle = remote.status_handle();
         let child = cancel.child_token();
-        let task = tokio::spawn(remote.run(child.clone(), handle.clone()));
+        let task = tokio::spawn(remote.run(child.clone()));
         remotes.insert(
             name.to_string(),
             RunningRemote {
@@ -381,6 +398,7 @@ struct ResolveQuery {
 /// 404 when no remote has it, 429 when rate-limited, 503 when not leader.
 async fn resolve(
     State(shared): State<Arc<Shared>>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
     axum::extract::Query(q): axum::extract::Query<ResolveQuery>,
 ) -> (StatusCode, String) {
     let Some(resolver) = shared.resolver.get() else {
@@ -389,7 +407,7 @@ async fn resolve(
             "standby: not resolving".into(),
         );
     };
-    match resolver.resolve(q.ip).await {
+    match resolver.resolve(q.ip, Some(peer.ip())).await {
         Ok(r) => (
             StatusCode::OK,
             serde_json::to_string(&r).unwrap_or_default(),
@@ -400,6 +418,7 @@ async fn resolve(
                 | meshfilter_sync::ResolveError::NegativeCached { .. } => StatusCode::NOT_FOUND,
                 meshfilter_sync::ResolveError::RateLimited => StatusCode::TOO_MANY_REQUESTS,
                 meshfilter_sync::ResolveError::NotInstalled { .. } => StatusCode::GATEWAY_TIMEOUT,
+                meshfilter_sync::ResolveError::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             };
             (code, serde_json::to_string(&e).unwrap_or_default())
         }

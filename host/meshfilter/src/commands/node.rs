@@ -160,7 +160,7 @@ async fn connect_remotes(
         if name.starts_with('.') || !path.is_file() {
             continue;
         }
-        let etcd = meshfilter_sync::EtcdConfig::from_file(&path)
+        let etcd = meshfilter_etcd::EtcdConfig::from_file(&path)
             .with_context(|| format!("clustersDir: {}", path.display()))?;
         match etcd.connect(&name).await {
             Ok(client) => {

@@ -22,6 +22,22 @@ pub fn etcdctl(endpoint: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Writes the sync canaries clustermesh-apiserver writes once `cluster`'s initial lists
+/// are in its etcd (endpoints, identities, nodes, legacy services): meshfilter lists a
+/// remote only once they exist.
+pub fn put_canaries(endpoint: &str, cluster: &str) {
+    for resource in ["ip", "identities", "nodes", "services"] {
+        etcdctl(
+            endpoint,
+            &[
+                "put",
+                &format!("cilium/synced/{cluster}/cilium/state/{resource}/v1"),
+                "2026-11-30T00:00:00Z",
+            ],
+        );
+    }
+}
+
 /// A loopback port nothing listens on right now.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

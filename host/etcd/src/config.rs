@@ -11,7 +11,10 @@ use std::time::Duration;
 use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};
 use serde::Deserialize;
 
-use crate::error::SyncError;
+use tokio_util::sync::CancellationToken;
+
+use crate::backoff::Backoff;
+use crate::error::EtcdError;
 
 /// An etcd client config in Cilium's format.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -42,8 +45,8 @@ impl EtcdConfig {
     }
 
     /// Reads and validates a connection file.
-    pub fn from_file(path: &Path) -> Result<EtcdConfig, SyncError> {
-        let err = |message: String| SyncError::Config {
+    pub fn from_file(path: &Path) -> Result<EtcdConfig, EtcdError> {
+        let err = |message: String| EtcdError::Config {
             path: path.to_path_buf(),
             message,
         };
@@ -58,9 +61,34 @@ impl EtcdConfig {
         Ok(config)
     }
 
+    /// Connects until it works or `cancel` fires (then `None`), waiting out `backoff`
+    /// between attempts: the roles' own etcds (local cache, export target, source) are
+    /// required, so they are retried for as long as the process runs.
+    pub async fn connect_with_retry(
+        &self,
+        name: &str,
+        backoff: &mut Backoff,
+        cancel: &CancellationToken,
+    ) -> Option<Client> {
+        loop {
+            match self.connect(name).await {
+                Ok(client) => {
+                    backoff.reset();
+                    return Some(client);
+                }
+                Err(e) => {
+                    tracing::warn!(etcd = name, error = %e, "cannot reach etcd; retrying");
+                    if !backoff.wait(cancel).await {
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+
     /// Connects. `cluster` names the etcd in errors. Keepalives match Cilium's
     /// (15 s interval, 25 s timeout) so a dead peer is noticed as fast.
-    pub async fn connect(&self, cluster: &str) -> Result<Client, SyncError> {
+    pub async fn connect(&self, cluster: &str) -> Result<Client, EtcdError> {
         let mut options = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(5))
             .with_keep_alive(Duration::from_secs(15), Duration::from_secs(25))
@@ -70,17 +98,17 @@ impl EtcdConfig {
         }
         let connect = Client::connect(self.endpoints.clone(), Some(options));
         match tokio::time::timeout(Duration::from_secs(10), connect).await {
-            Ok(result) => result.map_err(SyncError::etcd(cluster)),
-            Err(_) => Err(SyncError::Timeout {
-                cluster: cluster.to_string(),
+            Ok(result) => result.map_err(EtcdError::request(cluster)),
+            Err(_) => Err(EtcdError::Timeout {
+                etcd: cluster.to_string(),
                 what: "connect",
             }),
         }
     }
 
-    fn tls(&self) -> Result<TlsOptions, SyncError> {
+    fn tls(&self) -> Result<TlsOptions, EtcdError> {
         let read = |path: &PathBuf| {
-            std::fs::read(path).map_err(|e| SyncError::Config {
+            std::fs::read(path).map_err(|e| EtcdError::Config {
                 path: path.clone(),
                 message: e.to_string(),
             })

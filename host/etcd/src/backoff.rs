@@ -7,6 +7,8 @@
 
 use std::time::Duration;
 
+use tokio_util::sync::CancellationToken;
+
 /// Delays for successive retries of one operation.
 #[derive(Debug, Clone)]
 pub struct Backoff {
@@ -59,6 +61,16 @@ impl Backoff {
     /// Call after a success: the next failure starts from `base` again.
     pub fn reset(&mut self) {
         self.attempt = 0;
+    }
+
+    /// Sleeps the next delay; false when `cancel` fired first, so a retry loop reads
+    /// `if !backoff.wait(&cancel).await { return }` and shutdown never waits out a delay.
+    pub async fn wait(&mut self, cancel: &CancellationToken) -> bool {
+        let delay = self.next_delay();
+        tokio::select! {
+            _ = cancel.cancelled() => false,
+            _ = tokio::time::sleep(delay) => true,
+        }
     }
 }
 
