@@ -111,8 +111,10 @@
 //! # Failure
 //!
 //! A panic traps the module; the host counts the failure and treats the decision as
-//! `Abstain` (or unloads the module, per its policy). If [`Filter::configure`] was not
-//! called or failed, every hook abstains.
+//! `Abstain` (or unloads the module, per its policy). So does any WASI call that would
+//! wait (`std::thread::sleep`, polling, reading stdin): the host cannot interrupt a
+//! waiting host call, so it refuses them all. If [`Filter::configure`] was not called or
+//! failed, every hook abstains.
 #![deny(missing_docs)]
 
 mod config;

@@ -7,10 +7,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use meshfilter_filter_runtime::{
-    BuiltinSet, CandidateCluster, Decided, EndpointInput, EngineConfig, ExportDecision,
-    FailurePolicy, FilterEngine, FilterManifest, FilterMetrics, FilterRuntime, Hook,
-    ImportDecision, LoadError, Locality, MissDecision, MissInput, ModuleSource, RuntimeConfig,
-    SyncScope,
+    BuiltinSet, CallFailure, CandidateCluster, Decided, EndpointInput, EngineConfig,
+    ExportDecision, FailurePolicy, FilterEngine, FilterManifest, FilterMetrics, FilterRuntime,
+    Hook, ImportDecision, LoadError, Locality, MAX_ERROR_BYTES, MAX_LOG_LINE_BYTES,
+    MAX_REASON_BYTES, MissDecision, MissInput, ModuleSource, RuntimeConfig, SyncScope,
 };
 use meshfilter_tests::{ConfigMapDir, module_bytes, wait_for};
 use serde_json::json;
@@ -24,6 +24,15 @@ fn eu() -> Locality {
 }
 
 fn runtime_for(dir: &ConfigMapDir, engine: EngineConfig) -> Result<Arc<FilterRuntime>, LoadError> {
+    runtime_counted(dir, engine, FilterMetrics::default())
+}
+
+/// [`runtime_for`] counting into `metrics`.
+fn runtime_counted(
+    dir: &ConfigMapDir,
+    engine: EngineConfig,
+    metrics: FilterMetrics,
+) -> Result<Arc<FilterRuntime>, LoadError> {
     FilterRuntime::new(
         RuntimeConfig {
             engine,
@@ -31,8 +40,38 @@ fn runtime_for(dir: &ConfigMapDir, engine: EngineConfig) -> Result<Arc<FilterRun
             pins: BTreeMap::new(),
             local: eu(),
         },
-        FilterMetrics::default(),
+        metrics,
     )
+}
+
+/// A module directory holding misbehave and `manifest`.
+fn misbehave_dir(manifest: &str) -> ConfigMapDir {
+    let mut dir = ConfigMapDir::new();
+    dir.update(&[
+        ("filters.yaml", manifest.as_bytes()),
+        ("misbehave.wasm", &module_bytes("misbehave")),
+    ]);
+    dir
+}
+
+/// A runtime serving misbehave with `manifest`, counting into the metrics returned; the
+/// directory is returned to keep it alive.
+fn misbehave_counted(manifest: &str) -> (ConfigMapDir, FilterMetrics, Arc<FilterRuntime>) {
+    let dir = misbehave_dir(manifest);
+    let metrics = FilterMetrics::default();
+    let rt = runtime_counted(&dir, EngineConfig::default(), metrics.clone()).expect("loads");
+    (dir, metrics, rt)
+}
+
+/// Value of the sample `series` (name and labels, as exposed on `/metrics`), 0 if absent.
+fn sample(metrics: &FilterMetrics, series: &str) -> u64 {
+    let mut registry = prometheus_client::registry::Registry::default();
+    metrics.register(&mut registry);
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).expect("encode metrics");
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 fn endpoint(labels: &[(&str, &str)], annotations: &[(&str, &str)]) -> Arc<EndpointInput> {
@@ -429,6 +468,18 @@ fn assert_rejected_with(
     took
 }
 
+/// [`assert_rejected`] for a reload to misbehave with `config` on every hook.
+fn assert_misbehave_rejected(config: serde_json::Value, check: impl Fn(&LoadError)) -> Duration {
+    let manifest = misbehave_manifest(config);
+    assert_rejected(
+        &[
+            ("filters.yaml", manifest.as_bytes()),
+            ("misbehave.wasm", &module_bytes("misbehave")),
+        ],
+        check,
+    )
+}
+
 #[test]
 fn a_corrupt_module_file_is_refused() {
     let m = module_bytes("misbehave");
@@ -488,14 +539,9 @@ fn a_module_for_another_interface_version_is_refused() {
 
 #[test]
 fn a_rejected_config_is_never_activated() {
-    let manifest = misbehave_manifest(json!({"configure": "reject"}));
-    assert_rejected(
-        &[
-            ("filters.yaml", manifest.as_bytes()),
-            ("misbehave.wasm", &module_bytes("misbehave")),
-        ],
-        |e| assert!(matches!(e, LoadError::ConfigRejected { .. }), "{e}"),
-    );
+    assert_misbehave_rejected(json!({"configure": "reject"}), |e| {
+        assert!(matches!(e, LoadError::ConfigRejected { .. }), "{e}")
+    });
     let bad_yaml = b"export:\n  chain: [{module: misbehave.wasm, colour: red}]\n";
     assert_rejected(
         &[
@@ -513,31 +559,19 @@ fn a_rejected_config_is_never_activated() {
 
 #[test]
 fn a_trapping_module_is_refused() {
-    let manifest = misbehave_manifest(json!({"onExport": "trap"}));
-    assert_rejected(
-        &[
-            ("filters.yaml", manifest.as_bytes()),
-            ("misbehave.wasm", &module_bytes("misbehave")),
-        ],
-        |e| {
-            assert!(
-                matches!(e, LoadError::SelfTest { .. }) && e.to_string().contains("trapped"),
-                "{e}"
-            )
-        },
-    );
+    assert_misbehave_rejected(json!({"onExport": "trap"}), |e| {
+        assert!(
+            matches!(e, LoadError::SelfTest { .. }) && e.to_string().contains("trapped"),
+            "{e}"
+        )
+    });
 }
 
 #[test]
 fn an_infinite_loop_is_interrupted_within_its_deadline() {
-    let manifest = misbehave_manifest(json!({"onExport": "loop"}));
-    let took = assert_rejected(
-        &[
-            ("filters.yaml", manifest.as_bytes()),
-            ("misbehave.wasm", &module_bytes("misbehave")),
-        ],
-        |e| assert!(e.to_string().contains("deadline"), "{e}"),
-    );
+    let took = assert_misbehave_rejected(json!({"onExport": "loop"}), |e| {
+        assert!(e.to_string().contains("deadline"), "{e}")
+    });
     // Compiling is cached; the probe must stop at the 50 ms deadline, not run away.
     assert!(took < Duration::from_secs(5), "reload took {took:?}");
 }
@@ -753,4 +787,265 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
         }
     }
     out
+}
+
+/// A guest that sleeps asks the host to wait (`pollable.block` or `poll`), and a deadline
+/// cannot interrupt a host call: the host must refuse the call itself.
+#[test]
+fn a_sleeping_module_is_refused_at_once() {
+    let took = assert_misbehave_rejected(json!({"onExport": "sleep"}), |e| {
+        let text = e.to_string();
+        assert!(matches!(e, LoadError::SelfTest { .. }), "{e}");
+        assert!(
+            text.contains("called a blocking WASI function (wasi:io/poll.")
+                && text.contains("filters must not block"),
+            "{e}"
+        );
+    });
+    // The module asks for 30 s; the probe fails as soon as it asks.
+    assert!(took < Duration::from_secs(1), "reload took {took:?}");
+}
+
+#[test]
+fn sleeping_for_some_endpoints_passes_the_probe_but_fails_fast_and_counted() {
+    let manifest = r#"
+import:
+  onFailure: keep-last-decision
+  chain: [{module: misbehave.wasm, config: {onImport: "sleep-if-label:slow"}}]
+"#;
+    let (_dir, metrics, rt) = misbehave_counted(manifest);
+    let blocked =
+        r#"meshfilter_filter_failures_total{module="misbehave.wasm",hook="import",kind="blocked"}"#;
+    assert_eq!(sample(&metrics, blocked), 0);
+
+    let previous = ImportDecision::Skip {
+        reason: "earlier".into(),
+    };
+    let slow = endpoint(&[("slow", "yes")], &[]);
+    for round in 1..=3 {
+        let started = Instant::now();
+        let v = rt.decide_import(&slow, Some(&previous));
+        let took = started.elapsed();
+        eprintln!("blocked call {round} decided in {took:?}");
+        assert!(
+            took < Duration::from_millis(500),
+            "took {took:?} for a 30 s sleep"
+        );
+        assert_eq!(v.decision, previous, "keep-last-decision: {v:?}");
+        match &v.decided_by {
+            Decided::FailurePolicy { failure, .. } => {
+                assert_eq!(failure.kind(), "blocked");
+                assert!(
+                    matches!(failure, CallFailure::Blocked { module, function }
+                        if module == "misbehave.wasm" && function.starts_with("wasi:io/poll.")),
+                    "{failure:?}"
+                );
+            }
+            other => panic!("expected a failure, got {other:?}"),
+        }
+        assert_eq!(sample(&metrics, blocked), round, "counted with the module");
+    }
+    // Other endpoints are decided by the module, on a fresh instance.
+    let v = rt.decide_import(&endpoint(&[], &[]), None);
+    assert!(
+        matches!(v.decided_by, Decided::Filter { .. }) && v.decision.keeps(),
+        "{v:?}"
+    );
+}
+
+#[test]
+fn stdout_and_the_host_log_keep_working_with_lines_cut() {
+    // Not memoised: the module reads nothing, so the memo would answer every call.
+    let manifest = r#"
+export:
+  chain: [{module: misbehave.wasm, memoize: false, config: {onExport: huge-log}}]
+"#;
+    let (_dir, metrics, rt) = misbehave_counted(manifest);
+    let cut_lines = r#"meshfilter_filter_truncated_total{module="misbehave.wasm",what="log"}"#;
+    let before = sample(&metrics, cut_lines);
+    assert_eq!(before, 2, "the probe logged and printed one line each");
+    for _ in 0..3 {
+        let v = rt.decide_export(&endpoint(&[], &[]), None);
+        assert!(
+            matches!(
+                v.decided_by,
+                Decided::Filter {
+                    memo_hit: false,
+                    ..
+                }
+            ),
+            "printing 100 kB to stdout must not fail the call: {v:?}"
+        );
+    }
+    assert_eq!(
+        sample(&metrics, cut_lines),
+        before + 6,
+        "every line, logged or printed, was cut at {MAX_LOG_LINE_BYTES} bytes"
+    );
+}
+
+#[test]
+fn a_huge_reason_is_cut_before_it_is_kept() {
+    let manifest = misbehave_manifest(json!({"onExport": "huge-reason"}));
+    let (_dir, metrics, rt) = misbehave_counted(&manifest);
+    let reasons_cut = r#"meshfilter_filter_truncated_total{module="misbehave.wasm",what="reason"}"#;
+    assert_eq!(
+        sample(&metrics, reasons_cut),
+        1,
+        "the probe's reason was cut"
+    );
+    // The module reads nothing, so the probe's decision is memoised for every endpoint:
+    // the memo holds the cut reason, not the original.
+    let ep = endpoint(&[], &[]);
+    let first = rt.decide_export(&ep, None);
+    assert!(matches!(
+        first.decided_by,
+        Decided::Filter { memo_hit: true, .. }
+    ));
+    let reason = first.decision.reason();
+    assert!(reason.len() <= MAX_REASON_BYTES, "{} bytes", reason.len());
+    assert!(
+        reason.ends_with("… (truncated, 100000 bytes)"),
+        "the cut is marked: {reason}"
+    );
+    assert!(
+        reason
+            .trim_end_matches("… (truncated, 100000 bytes)")
+            .chars()
+            .all(|c| c == 'é'),
+        "cut on a character boundary: {reason}"
+    );
+    assert_eq!(sample(&metrics, reasons_cut), 1);
+}
+
+#[test]
+fn a_huge_config_error_is_cut_in_the_error_and_in_status() {
+    let mut dir = ConfigMapDir::new();
+    let good = misbehave_manifest(json!({"onExport": "sync-global", "version": "good"}));
+    let m = module_bytes("misbehave");
+    dir.update(&[("filters.yaml", good.as_bytes()), ("misbehave.wasm", &m)]);
+    let metrics = FilterMetrics::default();
+    let rt = runtime_counted(&dir, EngineConfig::default(), metrics.clone()).expect("loads");
+    let bad = misbehave_manifest(json!({"configure": "huge-error"}));
+    dir.update(&[("filters.yaml", bad.as_bytes()), ("misbehave.wasm", &m)]);
+    let err = rt.reload().expect_err("the config is rejected");
+    match &err {
+        LoadError::ConfigRejected { module, message } => {
+            assert_eq!(module, "misbehave.wasm");
+            assert!(message.len() <= MAX_ERROR_BYTES, "{} bytes", message.len());
+            assert!(
+                message.ends_with(&format!("… (truncated, {} bytes)", 8 << 20)),
+                "{}",
+                &message[message.len() - 64..]
+            );
+        }
+        other => panic!("expected a rejected config, got {other}"),
+    }
+    let status = rt.info().last_reload_error.expect("status shows the error");
+    assert!(status.len() <= MAX_ERROR_BYTES, "{} bytes", status.len());
+    assert!(
+        status.contains("misbehave.wasm rejected its config"),
+        "{status:.200}"
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            r#"meshfilter_filter_truncated_total{module="misbehave.wasm",what="error"}"#
+        ),
+        1
+    );
+    assert_eq!(rt.current().number, 1, "the old generation keeps serving");
+}
+
+/// Two runtimes on one engine, as `meshfilter demo` runs one per cluster.
+fn runtime_on(
+    engine: &Arc<FilterEngine>,
+    dir: &ConfigMapDir,
+    metrics: &FilterMetrics,
+) -> Arc<FilterRuntime> {
+    FilterRuntime::with_engine(
+        engine.clone(),
+        ModuleSource::Directory(dir.path().to_path_buf()),
+        BTreeMap::new(),
+        eu(),
+        metrics.clone(),
+    )
+    .expect("loads")
+}
+
+#[test]
+fn live_instances_share_one_memory_budget() {
+    const MIB: usize = 1 << 20;
+    let engine = FilterEngine::new(EngineConfig {
+        memory_bytes: 16 * MIB,
+        memory_budget_bytes: 24 * MIB,
+        // Filling memory must hit a limit, not the clock, even on a busy machine.
+        call_timeout: Duration::from_secs(2),
+        ..EngineConfig::default()
+    })
+    .expect("engine");
+    let metrics = FilterMetrics::default();
+
+    // The first module grows its instance to 12 MiB and keeps it while it lives.
+    let holder_dir = misbehave_dir(&misbehave_manifest(json!({"onExport": "grow:12"})));
+    let holder = runtime_on(&engine, &holder_dir, &metrics);
+    let held = engine.memory_reserved_bytes();
+    assert!(held >= 12 * MIB, "held {held} bytes");
+
+    // A second module that fills its memory is stopped by the budget, before its own
+    // 16 MiB limit: it cannot take what the first holds.
+    let bomb_dir = misbehave_dir(&misbehave_manifest(
+        json!({"onExport": "oom-if-label:boom"}),
+    ));
+    let bomb = runtime_on(&engine, &bomb_dir, &metrics);
+    let boom = endpoint(&[("boom", "1")], &[]);
+    let out_of_memory = |rt: &FilterRuntime| match rt.decide_export(&boom, None).decided_by {
+        Decided::FailurePolicy {
+            failure: CallFailure::OutOfMemory { module, message },
+            ..
+        } => {
+            assert_eq!(module, "misbehave.wasm");
+            message
+        }
+        other => panic!("expected out of memory, got {other:?}"),
+    };
+    let message = out_of_memory(&bomb);
+    assert!(
+        message.contains(&format!(
+            "process-wide Wasm memory budget of {} bytes",
+            24 * MIB
+        )),
+        "{message}"
+    );
+    assert!(
+        engine.memory_reserved_bytes() <= 24 * MIB,
+        "never past the budget"
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            r#"meshfilter_filter_failures_total{module="misbehave.wasm",hook="export",kind="out-of-memory"}"#
+        ),
+        1
+    );
+
+    // Dropping the first runtime drops its stores and returns their memory: now the bomb
+    // runs into its own limit instead.
+    drop(holder);
+    let after = engine.memory_reserved_bytes();
+    assert!(
+        held.saturating_sub(after) >= 12 * MIB,
+        "the holder's memory came back: {held} then {after} bytes"
+    );
+    let message = out_of_memory(&bomb);
+    assert!(
+        message.contains(&format!("limit of {} bytes per instance", 16 * MIB)),
+        "{message}"
+    );
+    drop(bomb);
+    assert_eq!(
+        engine.memory_reserved_bytes(),
+        0,
+        "every store gave its share back"
+    );
 }

@@ -1,11 +1,15 @@
 //! `cfp-scope`: CFP-44921 workload-controlled sync, meshfilter's default filter.
 //!
-//! - **Export** (CFP Part A and B): a pod opts in with the label
+//! - **Export** (CFP Part A and B): a namespace annotated
+//!   `clustermesh.cilium.io/global: "false"` keeps all its pods out, whatever they say:
+//!   the CFP applies the pod label filter on top of Cilium's namespace filter, so a pod
+//!   cannot escape its namespace's opt-out. Otherwise a pod opts in with the label
 //!   `clustermesh.cilium.io/sync=true` (or an annotation with that key when there is no
 //!   such label); `false` opts it out. Without either, the namespace annotation
-//!   `clustermesh.cilium.io/global` decides, and without that the configured default:
-//!   `opt-in` (the CFP: nothing syncs unless asked) or `opt-out` (stock Cilium: everything
-//!   syncs). An opted-in pod travels as far as its `clustermesh.cilium.io/sync-scope`
+//!   `clustermesh.cilium.io/global` decides (`"true"` opts its pods in), and without that
+//!   the configured default: `opt-in` (the CFP: nothing syncs unless asked) or `opt-out`
+//!   (stock Cilium: everything syncs). An opted-in pod travels as far as its
+//!   `clustermesh.cilium.io/sync-scope`
 //!   annotation (or label) says, or, when it says nothing, the same annotation on its
 //!   namespace: absent is global; `regional`, `zone`, `cluster` or a list of regions narrow
 //!   it. A bad value skips the pod, as the CFP PoC does, and logs a warning.
@@ -28,6 +32,11 @@ use std::time::Duration;
 /// Reason for the most common decision of all (most pods never opt in), spelled out so
 /// the hot path formats nothing. A test checks it names [`SYNC`].
 const NOT_OPTED_IN: &str = "not opted in: no clustermesh.cilium.io/sync label or annotation";
+
+/// Reason for every pod of a namespace that opted out, spelled out like
+/// [`NOT_OPTED_IN`]. A test checks it names [`NAMESPACE_GLOBAL`].
+const NAMESPACE_OPTED_OUT: &str =
+    "opted out by namespace annotation clustermesh.cilium.io/global=false";
 
 /// What happens to a pod that neither it nor its namespace opted in or out.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -132,7 +141,15 @@ impl Filter for CfpScope {
 
 impl CfpScope {
     /// Whether the pod is in: `Ok` with where that came from, or the skip decision.
+    ///
+    /// The namespace's opt-out is read first and wins: CFP-44921 filters pods by label
+    /// only among those its namespace lets through. Any other namespace value is looked
+    /// at only when the pod says nothing.
     fn opt_in(&self, endpoint: &Endpoint) -> Result<OptedIn, ExportDecision> {
+        let namespace = endpoint.namespace_annotation(NAMESPACE_GLOBAL);
+        if namespace.as_deref() == Some("false") {
+            return Err(ExportDecision::skip(NAMESPACE_OPTED_OUT));
+        }
         let (value, source) = match endpoint.label(SYNC) {
             Some(value) => (Some(value), "label"),
             None => (endpoint.annotation(SYNC), "annotation"),
@@ -151,12 +168,9 @@ impl CfpScope {
                 )),
             };
         }
-        match endpoint.namespace_annotation(NAMESPACE_GLOBAL).as_deref() {
+        match namespace.as_deref() {
             Some("true") => Ok(OptedIn(format!(
                 "namespace annotation {NAMESPACE_GLOBAL}=true"
-            ))),
-            Some("false") => Err(ExportDecision::skip(format!(
-                "opted out by namespace annotation {NAMESPACE_GLOBAL}=false"
             ))),
             Some(other) => Err(invalid(
                 endpoint,

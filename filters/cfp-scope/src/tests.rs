@@ -99,15 +99,69 @@ fn export_follows_cfp_opt_in() {
             pod().namespace_annotation(NAMESPACE_GLOBAL, "false"),
             skip("opted out by namespace annotation clustermesh.cilium.io/global=false"),
         ),
+        // CFP-44921: the label filter applies on top of the namespace filter, so a
+        // namespace's opt-out holds whatever its pods say.
         (
-            "pod beats namespace",
+            "namespace opt-out beats the pod's label",
             "null",
             pod()
                 .label(SYNC, "true")
                 .namespace_annotation(NAMESPACE_GLOBAL, "false"),
+            skip("opted out by namespace annotation clustermesh.cilium.io/global=false"),
+        ),
+        (
+            "namespace opt-out beats the pod's annotation",
+            "null",
+            pod()
+                .annotation(SYNC, "true")
+                .namespace_annotation(NAMESPACE_GLOBAL, "false"),
+            skip("opted out by namespace annotation clustermesh.cilium.io/global=false"),
+        ),
+        (
+            "namespace opt-out beats the pod's label and scope in opt-out mode",
+            r#"{"default":"opt-out"}"#,
+            pod()
+                .label(SYNC, "true")
+                .annotation(SCOPE, "regional")
+                .namespace_annotation(NAMESPACE_GLOBAL, "false"),
+            skip("opted out by namespace annotation clustermesh.cilium.io/global=false"),
+        ),
+        (
+            "namespace opt-out beats a bad pod label",
+            "null",
+            pod()
+                .label(SYNC, "yes")
+                .namespace_annotation(NAMESPACE_GLOBAL, "false"),
+            skip("opted out by namespace annotation clustermesh.cilium.io/global=false"),
+        ),
+        (
+            "pod opt-out beats namespace opt-in",
+            "null",
+            pod()
+                .label(SYNC, "false")
+                .namespace_annotation(NAMESPACE_GLOBAL, "true"),
+            skip("opted out by label clustermesh.cilium.io/sync=false"),
+        ),
+        (
+            "pod opt-in in an opted-in namespace names the pod's label",
+            "null",
+            pod()
+                .label(SYNC, "true")
+                .namespace_annotation(NAMESPACE_GLOBAL, "true"),
             sync(
                 Scope::Global,
-                &format!("{label_in}, no scope given: global"),
+                "label clustermesh.cilium.io/sync=true, no scope given: global",
+            ),
+        ),
+        (
+            "pod opt-in beats a bad namespace value",
+            "null",
+            pod()
+                .label(SYNC, "true")
+                .namespace_annotation(NAMESPACE_GLOBAL, "no"),
+            sync(
+                Scope::Global,
+                "label clustermesh.cilium.io/sync=true, no scope given: global",
             ),
         ),
         (
@@ -282,19 +336,29 @@ fn invalid_values_warn_with_the_pod() {
 #[test]
 fn export_reads_only_what_decides() {
     let filter = load("null");
+    // The namespace's opt-out comes first, so every decision starts by reading it.
+    let ns_global = format!("namespace_annotation({NAMESPACE_GLOBAL})");
     let cases = [
-        (pod().label(SYNC, "false"), vec![format!("label({SYNC})")]),
+        (
+            opted_in().namespace_annotation(NAMESPACE_GLOBAL, "false"),
+            vec![ns_global.clone()],
+        ),
+        (
+            pod().label(SYNC, "false"),
+            vec![ns_global.clone(), format!("label({SYNC})")],
+        ),
         (
             pod(),
             vec![
+                ns_global.clone(),
                 format!("label({SYNC})"),
                 format!("annotation({SYNC})"),
-                format!("namespace_annotation({NAMESPACE_GLOBAL})"),
             ],
         ),
         (
             opted_in(),
             vec![
+                ns_global.clone(),
                 format!("label({SYNC})"),
                 format!("annotation({SCOPE})"),
                 format!("label({SCOPE})"),
@@ -304,6 +368,7 @@ fn export_reads_only_what_decides() {
         (
             opted_in().label(SCOPE, "zone"),
             vec![
+                ns_global.clone(),
                 format!("label({SYNC})"),
                 format!("annotation({SCOPE})"),
                 format!("label({SCOPE})"),
@@ -311,7 +376,11 @@ fn export_reads_only_what_decides() {
         ),
         (
             opted_in().annotation(SCOPE, "zone"),
-            vec![format!("label({SYNC})"), format!("annotation({SCOPE})")],
+            vec![
+                ns_global.clone(),
+                format!("label({SYNC})"),
+                format!("annotation({SCOPE})"),
+            ],
         ),
     ];
     for (endpoint, want) in cases {
@@ -598,9 +667,13 @@ fn odd_input_never_panics() {
 }
 
 #[test]
-fn the_static_reason_names_the_label() {
+fn the_static_reasons_name_the_label_and_the_annotation() {
     assert_eq!(
         NOT_OPTED_IN,
         format!("not opted in: no {SYNC} label or annotation")
+    );
+    assert_eq!(
+        NAMESPACE_OPTED_OUT,
+        format!("opted out by namespace annotation {NAMESPACE_GLOBAL}=false")
     );
 }

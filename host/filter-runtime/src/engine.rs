@@ -15,6 +15,7 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, OptLevel, PoolingAllo
 
 use crate::bindings::Filter;
 use crate::error::LoadError;
+use crate::memory::MemoryBudget;
 use crate::store::StoreState;
 
 /// Engine-wide limits and knobs.
@@ -26,8 +27,13 @@ pub struct EngineConfig {
     pub setup_timeout: Duration,
     /// Granularity of deadlines: how often the epoch advances.
     pub epoch_tick: Duration,
-    /// Linear memory one store may grow to.
+    /// Linear memory one store (one warm instance) may grow to.
     pub memory_bytes: usize,
+    /// Linear memory all live stores of this engine may hold together, across modules,
+    /// hooks, warm pools and generations. Growth past it fails the call as out of memory
+    /// instead of growing the process. The default, 512 MiB, holds eight instances at
+    /// their full `memory_bytes` while typical filters use a few MiB each.
+    pub memory_budget_bytes: usize,
     /// Wasm stack limit.
     pub max_wasm_stack: usize,
     /// Concurrent component instances the pooling allocator reserves slots for.
@@ -47,6 +53,7 @@ impl Default for EngineConfig {
             setup_timeout: Duration::from_secs(2),
             epoch_tick: Duration::from_millis(1),
             memory_bytes: 64 << 20,
+            memory_budget_bytes: 512 << 20,
             max_wasm_stack: 512 << 10,
             max_instances: 128,
             log_lines_per_second: 20,
@@ -94,6 +101,7 @@ pub struct FilterEngine {
     pub(crate) engine: Engine,
     pub(crate) linker: Linker<StoreState>,
     pub(crate) config: EngineConfig,
+    pub(crate) memory_budget: Arc<MemoryBudget>,
     compiled: Mutex<HashMap<[u8; 32], Component>>,
     _ticker: EpochTicker,
 }
@@ -126,7 +134,7 @@ impl FilterEngine {
         let engine =
             Engine::new(&wasm).map_err(|e| LoadError::Setup(format!("wasmtime engine: {e:#}")))?;
         let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
+        crate::wasi::add_to_linker(&mut linker)
             .map_err(|e| LoadError::Setup(format!("linking WASI: {e:#}")))?;
         Filter::add_to_linker::<_, HasSelf<StoreState>>(&mut linker, |s| s)
             .map_err(|e| LoadError::Setup(format!("linking the filter interface: {e:#}")))?;
@@ -137,10 +145,17 @@ impl FilterEngine {
         Ok(Arc::new(FilterEngine {
             engine,
             linker,
+            memory_budget: MemoryBudget::new(config.memory_budget_bytes),
             config,
             compiled: Mutex::new(HashMap::new()),
             _ticker: ticker,
         }))
+    }
+
+    /// Bytes of linear memory held by the live stores of this engine now, out of
+    /// [`EngineConfig::memory_budget_bytes`].
+    pub fn memory_reserved_bytes(&self) -> usize {
+        self.memory_budget.reserved()
     }
 
     /// Epoch ticks that make up `timeout`.

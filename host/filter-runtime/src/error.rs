@@ -107,7 +107,8 @@ pub enum LoadError {
     Setup(String),
 }
 
-/// Why one decision call failed.
+/// Why one decision call failed. Messages are bounded by
+/// [`MAX_ERROR_BYTES`](crate::MAX_ERROR_BYTES).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum CallFailure {
@@ -127,7 +128,17 @@ pub enum CallFailure {
         /// The deadline.
         deadline_ms: u64,
     },
-    /// The module tried to grow its memory past the limit.
+    /// The module called a WASI function that would wait (sleeping, polling, a blocking
+    /// read). Epoch deadlines cannot interrupt a host call, so the host refuses every such
+    /// call at once rather than let a filter hold the thread.
+    #[error("module {module} called a blocking WASI function ({function}); filters must not block")]
+    Blocked {
+        /// Module file name.
+        module: String,
+        /// The WASI interface and function, e.g. `wasi:io/poll.poll`.
+        function: String,
+    },
+    /// The module tried to grow its memory past its own limit or the process-wide budget.
     #[error("module {module} exceeded its memory limit: {message}")]
     OutOfMemory {
         /// Module file name.
@@ -151,8 +162,54 @@ impl CallFailure {
         match self {
             CallFailure::Trap { .. } => "trap",
             CallFailure::Timeout { .. } => "timeout",
+            CallFailure::Blocked { .. } => "blocked",
             CallFailure::OutOfMemory { .. } => "out-of-memory",
             CallFailure::Instantiate { .. } => "instantiate",
         }
+    }
+}
+
+impl LoadError {
+    /// The module file the error is about, when it is about one.
+    pub fn module(&self) -> Option<&str> {
+        match self {
+            LoadError::TooLarge { module, .. }
+            | LoadError::PinMismatch { module, .. }
+            | LoadError::Corrupt { module, .. }
+            | LoadError::Metadata { module, .. }
+            | LoadError::Interface { module, .. }
+            | LoadError::Link { module, .. }
+            | LoadError::ConfigRejected { module, .. }
+            | LoadError::SelfTest { module, .. } => Some(module),
+            LoadError::Read { .. } | LoadError::Manifest { .. } | LoadError::Setup(_) => None,
+        }
+    }
+
+    /// Cuts every free-text field (the parts a module or a parser chose) to
+    /// [`MAX_ERROR_BYTES`](crate::MAX_ERROR_BYTES); true if anything was cut.
+    pub(crate) fn bound(&mut self) -> bool {
+        let texts: Vec<&mut String> = match self {
+            LoadError::Manifest { message, .. }
+            | LoadError::ConfigRejected { message, .. }
+            | LoadError::SelfTest { message, .. } => vec![message],
+            LoadError::Corrupt { reason, .. }
+            | LoadError::Metadata { reason, .. }
+            | LoadError::Link { reason, .. } => vec![reason],
+            LoadError::Interface { name, found, .. } => vec![name, found],
+            LoadError::Setup(message) => vec![message],
+            LoadError::Read { .. } | LoadError::TooLarge { .. } | LoadError::PinMismatch { .. } => {
+                vec![]
+            }
+        };
+        let mut cut = false;
+        for text in texts {
+            if let std::borrow::Cow::Owned(bounded) =
+                crate::truncate::truncate(text, crate::MAX_ERROR_BYTES)
+            {
+                *text = bounded;
+                cut = true;
+            }
+        }
+        cut
     }
 }

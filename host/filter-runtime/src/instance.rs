@@ -14,9 +14,12 @@ use crate::engine::FilterEngine;
 use crate::error::{CallFailure, LoadError};
 use crate::input::{EndpointInput, Locality, MissInput};
 use crate::memo::{Insert, Memo, Readable};
+use crate::memory::MemoryRefused;
 use crate::metrics::FilterMetrics;
 use crate::module::LoadedModule;
 use crate::store::{GuestLog, StoreLimitsConfig, StoreState};
+use crate::truncate::{TextKind, bound};
+use crate::wasi::BlockingCall;
 
 /// A live instance: a store and the bindings into it.
 pub(crate) struct Warm {
@@ -58,7 +61,9 @@ pub(crate) trait HookCall {
     type Decision: Clone + Send + Sync + 'static;
     const HOOK: Hook;
     fn memo(instance: &FilterInstance) -> &Memo<Option<Self::Decision>>;
+    /// Runs the hook in `warm`; reasons pass through [`FilterInstance::reason`].
     fn invoke(
+        instance: &FilterInstance,
         warm: &mut Warm,
         input: &Arc<Self::Input>,
     ) -> wasmtime::Result<Option<Self::Decision>>;
@@ -86,6 +91,7 @@ impl HookCall for ExportCall {
         &instance.export_memo
     }
     fn invoke(
+        instance: &FilterInstance,
         warm: &mut Warm,
         input: &Arc<EndpointInput>,
     ) -> wasmtime::Result<Option<ExportDecision>> {
@@ -98,11 +104,11 @@ impl HookCall for ExportCall {
         Ok(match result? {
             wit::ExportDecision::Abstain => None,
             wit::ExportDecision::Skip(reason) => Some(ExportDecision::Skip {
-                reason: reason.into(),
+                reason: instance.reason(&reason),
             }),
             wit::ExportDecision::Sync(s) => Some(ExportDecision::Sync {
                 scope: scope_from_wit(s.scope),
-                reason: s.reason.into(),
+                reason: instance.reason(&s.reason),
             }),
         })
     }
@@ -116,6 +122,7 @@ impl HookCall for ImportCall {
         &instance.import_memo
     }
     fn invoke(
+        instance: &FilterInstance,
         warm: &mut Warm,
         input: &Arc<EndpointInput>,
     ) -> wasmtime::Result<Option<ImportDecision>> {
@@ -128,10 +135,10 @@ impl HookCall for ImportCall {
         Ok(match result? {
             wit::ImportDecision::Abstain => None,
             wit::ImportDecision::Keep(reason) => Some(ImportDecision::Keep {
-                reason: reason.into(),
+                reason: instance.reason(&reason),
             }),
             wit::ImportDecision::Skip(reason) => Some(ImportDecision::Skip {
-                reason: reason.into(),
+                reason: instance.reason(&reason),
             }),
         })
     }
@@ -144,7 +151,11 @@ impl HookCall for MissCall {
     fn memo(instance: &FilterInstance) -> &Memo<Option<MissDecision>> {
         &instance.miss_memo
     }
-    fn invoke(warm: &mut Warm, input: &Arc<MissInput>) -> wasmtime::Result<Option<MissDecision>> {
+    fn invoke(
+        instance: &FilterInstance,
+        warm: &mut Warm,
+        input: &Arc<MissInput>,
+    ) -> wasmtime::Result<Option<MissDecision>> {
         let handle = warm.store.data_mut().set_miss(input.clone())?;
         let result = warm
             .bindings
@@ -155,11 +166,11 @@ impl HookCall for MissCall {
             wit::MissDecision::Abstain => None,
             wit::MissDecision::Ignore(i) => Some(MissDecision::Ignore {
                 ttl: Duration::from_millis(u64::from(i.ttl_ms)),
-                reason: i.reason.into(),
+                reason: instance.reason(&i.reason),
             }),
             wit::MissDecision::Resolve(r) => Some(MissDecision::Resolve {
                 clusters: r.clusters,
-                reason: r.reason.into(),
+                reason: instance.reason(&r.reason),
             }),
         })
     }
@@ -215,12 +226,12 @@ impl FilterInstance {
         let mut warm = instance.instantiate().map_err(|e| match e {
             SetupError::Rejected(message) => LoadError::ConfigRejected {
                 module: instance.file().to_string(),
-                message,
+                message: instance.error_text(&message),
             },
-            SetupError::Failed(message) => LoadError::Link {
+            SetupError::Failed(e) => LoadError::Link {
                 module: instance.file().to_string(),
                 step: "instantiate",
-                reason: message,
+                reason: instance.error_text(&format!("{e:#}")),
             },
         })?;
         warm.store
@@ -234,13 +245,13 @@ impl FilterInstance {
             Ok(Err(message)) => {
                 return Err(LoadError::SelfTest {
                     module: instance.file().to_string(),
-                    message,
+                    message: instance.error_text(&message),
                 });
             }
             Err(e) => {
                 return Err(LoadError::SelfTest {
                     module: instance.file().to_string(),
-                    message: format!("{e:#}"),
+                    message: instance.error_text(&format!("{e:#}")),
                 });
             }
         }
@@ -271,7 +282,12 @@ impl FilterInstance {
             memory_bytes: self.engine.config.memory_bytes,
             log_lines_per_second: self.engine.config.log_lines_per_second,
         };
-        let state = StoreState::new(&limits, self.local.clone(), self.log.clone());
+        let state = StoreState::new(
+            &limits,
+            self.engine.memory_budget.clone(),
+            self.local.clone(),
+            self.log.clone(),
+        );
         let mut store = Store::new(&self.engine.engine, state);
         store.limiter(|s| &mut s.limits);
         store.epoch_deadline_trap();
@@ -280,14 +296,14 @@ impl FilterInstance {
             .module
             .pre
             .instantiate(&mut store)
-            .map_err(|e| SetupError::Failed(format!("{e:#}")))?;
+            .map_err(SetupError::Failed)?;
         match bindings
             .meshfilter_filter_hooks()
             .call_configure(&mut store, &self.config_json)
         {
             Ok(Ok(())) => Ok(Warm { store, bindings }),
             Ok(Err(message)) => Err(SetupError::Rejected(message)),
-            Err(e) => Err(SetupError::Failed(format!("configure trapped: {e:#}"))),
+            Err(e) => Err(SetupError::Failed(e.context("configure trapped"))),
         }
     }
 
@@ -305,22 +321,20 @@ impl FilterInstance {
                 memo_hit: true,
             });
         }
-        let mut warm = match self.warm.lock().pop() {
+        let popped = self.warm.lock().pop();
+        let mut warm = match popped {
             Some(w) => w,
-            None => self.instantiate().map_err(|e| CallFailure::Instantiate {
-                module: self.file().to_string(),
-                message: match e {
-                    SetupError::Rejected(m) => format!("configure rejected the config: {m}"),
-                    SetupError::Failed(m) => m,
-                },
-            })?,
+            None => match self.instantiate() {
+                Ok(w) => w,
+                Err(e) => return Err(self.failed::<H>(self.setup_failure(e))),
+            },
         };
         self.counters[H::HOOK as usize].0.inc();
         self.guest_calls[H::HOOK as usize].fetch_add(1, Ordering::Relaxed);
         warm.store.data_mut().reads.start(memoize);
         warm.store
             .set_epoch_deadline(self.engine.ticks(self.engine.config.call_timeout));
-        match H::invoke(&mut warm, input) {
+        match H::invoke(self, &mut warm, input) {
             Ok(decision) => {
                 if memoize
                     && H::memo(self).insert(&warm.store.data().reads, decision.clone())
@@ -343,14 +357,35 @@ impl FilterInstance {
                 // The store may be in any state after a trap: drop it; the next call gets a
                 // fresh instance.
                 drop(warm);
-                let failure = self.classify(e);
-                self.metrics
-                    .failure(self.file(), H::HOOK.as_str(), failure.kind());
-                Err(failure)
+                Err(self.failed::<H>(self.classify(e)))
             }
         }
     }
 
+    /// Counts `failure` against this module and hook.
+    fn failed<H: HookCall>(&self, failure: CallFailure) -> CallFailure {
+        self.metrics
+            .failure(self.file(), H::HOOK.as_str(), failure.kind());
+        failure
+    }
+
+    /// Why a fresh instance for a call could not be made. Memory refused by a limit (the
+    /// budget may be spent by other instances) and blocking calls keep their kind.
+    fn setup_failure(&self, e: SetupError) -> CallFailure {
+        let message = match e {
+            SetupError::Failed(e) if e.is::<MemoryRefused>() || e.is::<BlockingCall>() => {
+                return self.classify(e);
+            }
+            SetupError::Failed(e) => format!("{e:#}"),
+            SetupError::Rejected(m) => format!("configure rejected the config: {m}"),
+        };
+        CallFailure::Instantiate {
+            module: self.file().to_string(),
+            message: self.error_text(&message),
+        }
+    }
+
+    /// What a failed call was, by the type of its error; messages are bounded.
     fn classify(&self, e: wasmtime::Error) -> CallFailure {
         let module = self.file().to_string();
         if let Some(wasmtime::Trap::Interrupt) = e.downcast_ref::<wasmtime::Trap>() {
@@ -359,17 +394,41 @@ impl FilterInstance {
                 deadline_ms: self.engine.config.call_timeout.as_millis() as u64,
             };
         }
-        let message = format!("{e:#}");
-        if message.contains("forcing trap when growing memory")
-            || message.contains("memory growth failure")
-        {
-            return CallFailure::OutOfMemory { module, message };
+        if let Some(blocking) = e.downcast_ref::<BlockingCall>() {
+            return CallFailure::Blocked {
+                module,
+                function: blocking.function.to_string(),
+            };
         }
-        CallFailure::Trap { module, message }
+        if let Some(refused) = e.downcast_ref::<MemoryRefused>() {
+            return CallFailure::OutOfMemory {
+                module,
+                message: refused.to_string(),
+            };
+        }
+        CallFailure::Trap {
+            module,
+            message: self.error_text(&format!("{e:#}")),
+        }
+    }
+
+    /// A decision reason as the host keeps it: at most
+    /// [`MAX_REASON_BYTES`](crate::MAX_REASON_BYTES), a cut counted.
+    pub(crate) fn reason(&self, reason: &str) -> Arc<str> {
+        bound(reason, TextKind::Reason, self.file(), &self.metrics).into()
+    }
+
+    /// An error message from or about this module as the host keeps it: at most
+    /// [`MAX_ERROR_BYTES`](crate::MAX_ERROR_BYTES), a cut counted.
+    pub(crate) fn error_text(&self, message: &str) -> String {
+        bound(message, TextKind::Error, self.file(), &self.metrics).into_owned()
     }
 }
 
+/// Why instantiating and configuring a store failed.
 enum SetupError {
+    /// `configure` returned this error.
     Rejected(String),
-    Failed(String),
+    /// Instantiation or `configure` trapped.
+    Failed(wasmtime::Error),
 }

@@ -25,6 +25,12 @@ struct ModuleLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TruncatedLabels {
+    module: String,
+    what: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabels {
     outcome: String,
 }
@@ -36,6 +42,7 @@ pub struct FilterMetrics {
     memo_hits: Family<ModuleHookLabels, Counter>,
     failures: Family<FailureLabels, Counter>,
     log_dropped: Family<ModuleLabels, Counter>,
+    truncated: Family<TruncatedLabels, Counter>,
     reloads: Family<OutcomeLabels, Counter>,
     generation: Gauge,
 }
@@ -56,13 +63,18 @@ impl FilterMetrics {
         );
         r.register(
             "failures",
-            "Filter calls that trapped, timed out or hit the memory limit",
+            "Filter calls that trapped, timed out, blocked or hit a memory limit",
             self.failures.clone(),
         );
         r.register(
             "guest_log_dropped",
             "Guest log lines dropped by the rate cap",
             self.log_dropped.clone(),
+        );
+        r.register(
+            "truncated",
+            "Reasons, guest log lines and errors cut at their length limit, by kind (reason, log, error)",
+            self.truncated.clone(),
         );
         r.register(
             "reloads",
@@ -105,6 +117,26 @@ impl FilterMetrics {
                 module: module.into(),
             })
             .inc();
+    }
+
+    pub(crate) fn truncated(&self, module: &str, what: &str) {
+        self.truncated
+            .get_or_create(&TruncatedLabels {
+                module: module.into(),
+                what: what.into(),
+            })
+            .inc();
+    }
+
+    /// Cuts counted for `module` and `what`, for unit tests.
+    #[cfg(test)]
+    pub(crate) fn truncated_count(&self, module: &str, what: &str) -> u64 {
+        self.truncated
+            .get_or_create(&TruncatedLabels {
+                module: module.into(),
+                what: what.into(),
+            })
+            .get()
     }
 
     pub(crate) fn reload(&self, outcome: &str) {

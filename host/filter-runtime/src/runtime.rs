@@ -18,6 +18,7 @@ use crate::manifest::{FilterManifest, MANIFEST_FILE};
 use crate::metrics::FilterMetrics;
 use crate::module::{LoadedModule, ModuleInfo};
 use crate::set::{Chain, FilterGeneration, FilterSet, Verdict};
+use crate::truncate::{MAX_ERROR_BYTES, TextKind, truncate};
 use crate::watch::WatchHandle;
 
 /// Modules compiled into the binary, with the manifest that runs them.
@@ -112,7 +113,8 @@ impl FilterRuntime {
         let local = Arc::new(local);
         let (generations, _) = tokio::sync::watch::channel(0);
         let mut loaded = HashMap::new();
-        let first = build_generation(&engine, &source, &pins, &local, &metrics, None, &mut loaded)?
+        let first = build_generation(&engine, &source, &pins, &local, &metrics, None, &mut loaded)
+            .map_err(|e| bounded(e, &metrics))?
             .expect("a first load always builds a generation");
         metrics.set_generation(first.number);
         metrics.reload("loaded");
@@ -210,8 +212,10 @@ impl FilterRuntime {
                 Ok(Some(number))
             }
             Err(e) => {
+                let e = bounded(e, &self.metrics);
                 tracing::error!(error = %e, serving = current.number, "filter reload failed; the serving generation stays");
-                *self.last_error.lock() = Some(e.to_string());
+                *self.last_error.lock() =
+                    Some(truncate(&e.to_string(), MAX_ERROR_BYTES).into_owned());
                 self.metrics.reload("failed");
                 Err(e)
             }
@@ -367,6 +371,16 @@ fn build_generation(
     }))
 }
 
+/// `e` with its free-text fields cut to [`MAX_ERROR_BYTES`], a cut counted: whatever a
+/// module makes a load fail with, the error the runtime returns, logs and keeps for
+/// status stays small.
+fn bounded(mut e: LoadError, metrics: &FilterMetrics) -> LoadError {
+    if e.bound() {
+        metrics.truncated(e.module().unwrap_or(""), TextKind::Error.as_str());
+    }
+    e
+}
+
 fn pin_ok(pins: &BTreeMap<String, String>, file: &str, sha256: &str) -> bool {
     pins.get(file)
         .is_none_or(|p| p.eq_ignore_ascii_case(sha256))
@@ -404,7 +418,7 @@ fn probe(hook: Hook, instance: &FilterInstance) -> Result<(), LoadError> {
     };
     result.map_err(|failure| LoadError::SelfTest {
         module: instance.file().to_string(),
-        message: format!("probe call of the {hook} hook failed: {failure}"),
+        message: instance.error_text(&format!("probe call of the {hook} hook failed: {failure}")),
     })
 }
 

@@ -91,22 +91,22 @@ impl std::fmt::Debug for FilterGeneration {
 
 /// How a hook turns an open/closed outcome into a decision.
 trait Outcomes: HookCall {
-    fn open(input: &Self::Input, why: String) -> Self::Decision;
-    fn closed(input: &Self::Input, why: String) -> Self::Decision;
+    fn open(input: &Self::Input, why: Arc<str>) -> Self::Decision;
+    fn closed(input: &Self::Input, why: Arc<str>) -> Self::Decision;
     fn chain(set: &FilterSet) -> &Chain;
     /// How the input is named in log lines.
     fn describe(input: &Self::Input) -> String;
 }
 
 impl Outcomes for ExportCall {
-    fn open(_: &EndpointInput, why: String) -> ExportDecision {
+    fn open(_: &EndpointInput, why: Arc<str>) -> ExportDecision {
         ExportDecision::Sync {
             scope: SyncScope::Global,
-            reason: why.into(),
+            reason: why,
         }
     }
-    fn closed(_: &EndpointInput, why: String) -> ExportDecision {
-        ExportDecision::Skip { reason: why.into() }
+    fn closed(_: &EndpointInput, why: Arc<str>) -> ExportDecision {
+        ExportDecision::Skip { reason: why }
     }
     fn chain(set: &FilterSet) -> &Chain {
         &set.export
@@ -117,11 +117,11 @@ impl Outcomes for ExportCall {
 }
 
 impl Outcomes for ImportCall {
-    fn open(_: &EndpointInput, why: String) -> ImportDecision {
-        ImportDecision::Keep { reason: why.into() }
+    fn open(_: &EndpointInput, why: Arc<str>) -> ImportDecision {
+        ImportDecision::Keep { reason: why }
     }
-    fn closed(_: &EndpointInput, why: String) -> ImportDecision {
-        ImportDecision::Skip { reason: why.into() }
+    fn closed(_: &EndpointInput, why: Arc<str>) -> ImportDecision {
+        ImportDecision::Skip { reason: why }
     }
     fn chain(set: &FilterSet) -> &Chain {
         &set.import
@@ -136,7 +136,7 @@ impl Outcomes for ImportCall {
 }
 
 impl Outcomes for MissCall {
-    fn open(input: &MissInput, why: String) -> MissDecision {
+    fn open(input: &MissInput, why: Arc<str>) -> MissDecision {
         let mut clusters: Vec<_> = input.candidates.iter().filter(|c| c.owns_prefix).collect();
         clusters.extend(input.candidates.iter().filter(|c| !c.owns_prefix));
         MissDecision::Resolve {
@@ -144,13 +144,13 @@ impl Outcomes for MissCall {
                 .into_iter()
                 .map(|c| c.locality.cluster.clone())
                 .collect(),
-            reason: why.into(),
+            reason: why,
         }
     }
-    fn closed(_: &MissInput, why: String) -> MissDecision {
+    fn closed(_: &MissInput, why: Arc<str>) -> MissDecision {
         MissDecision::Ignore {
             ttl: POLICY_IGNORE_TTL,
-            reason: why.into(),
+            reason: why,
         }
     }
     fn chain(set: &FilterSet) -> &Chain {
@@ -251,14 +251,26 @@ impl FilterGeneration {
                 Err(failure) => {
                     tracing::warn!(hook = %H::HOOK, module = %entry.file(), endpoint = %H::describe(input), generation = self.number,
                         policy = %chain.on_failure, error = %failure, "filter call failed; applying the failure policy");
-                    let why = format!("{failure}; {} applied", chain.on_failure);
-                    let decision = match (chain.on_failure, previous) {
+                    // The host's words first, so a cut at the reason limit only shortens
+                    // the failure (whole in `decided_by`).
+                    let policy = chain.on_failure;
+                    let decision = match (policy, previous) {
                         (FailurePolicy::KeepLastDecision, Some(last)) => last.clone(),
                         (FailurePolicy::KeepLastDecision, None) => {
-                            self.otherwise::<H>(chain, input, why)
+                            otherwise::<H>(chain, input, |default| {
+                                entry.reason(&format!(
+                                    "{policy} applied, no earlier decision, {default}, after: {failure}"
+                                ))
+                            })
                         }
-                        (FailurePolicy::FailOpen, _) => H::open(input, why),
-                        (FailurePolicy::FailClosed, _) => H::closed(input, why),
+                        (FailurePolicy::FailOpen, _) => H::open(
+                            input,
+                            entry.reason(&format!("{policy} applied after: {failure}")),
+                        ),
+                        (FailurePolicy::FailClosed, _) => H::closed(
+                            input,
+                            entry.reason(&format!("{policy} applied after: {failure}")),
+                        ),
                     };
                     return Verdict {
                         decision,
@@ -272,18 +284,26 @@ impl FilterGeneration {
             }
         }
         Verdict {
-            decision: self.otherwise::<H>(chain, input, "no filter decided".to_string()),
+            decision: otherwise::<H>(chain, input, |default| {
+                format!("no filter decided: {default}").into()
+            }),
             decided_by: Decided::Otherwise {
                 otherwise: chain.otherwise,
             },
             generation: self.number,
         }
     }
+}
 
-    fn otherwise<H: Outcomes>(&self, chain: &Chain, input: &H::Input, why: String) -> H::Decision {
-        match chain.otherwise {
-            Otherwise::Open => H::open(input, format!("{why}: open by default")),
-            Otherwise::Closed => H::closed(input, format!("{why}: closed by default")),
-        }
+/// The decision of a chain's `otherwise`, with the reason `reason` makes from
+/// "open by default" or "closed by default".
+fn otherwise<H: Outcomes>(
+    chain: &Chain,
+    input: &H::Input,
+    reason: impl FnOnce(&str) -> Arc<str>,
+) -> H::Decision {
+    match chain.otherwise {
+        Otherwise::Open => H::open(input, reason("open by default")),
+        Otherwise::Closed => H::closed(input, reason("closed by default")),
     }
 }

@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use parking_lot::Mutex;
 use wasmtime::component::{Resource, ResourceTable};
-use wasmtime::{StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 use wasmtime_wasi::{HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxView, WasiView};
@@ -15,7 +14,9 @@ use wasmtime_wasi::{HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxView, Was
 use crate::bindings::meshfilter::filter::{host, types};
 use crate::input::{EndpointHandle, EndpointInput, Locality, MissHandle, MissInput};
 use crate::memo::{ReadLog, ReadOp, encode};
+use crate::memory::{MemoryBudget, StoreLimiter};
 use crate::metrics::FilterMetrics;
+use crate::truncate::{MAX_LOG_LINE_BYTES, TextKind, truncate_len};
 
 /// Limits applied to every store.
 #[derive(Debug, Clone)]
@@ -58,6 +59,12 @@ impl GuestLog {
     }
 
     fn emit(&self, level: host::Level, message: &str) {
+        self.emit_line(level, message, message.len());
+    }
+
+    /// Logs `text`, the first bytes of a line `total` bytes long, cut to
+    /// [`MAX_LOG_LINE_BYTES`]: a module cannot make one log line larger than that.
+    fn emit_line(&self, level: host::Level, text: &str, total: usize) {
         let dropped_before = {
             let mut b = self.bucket.lock();
             let now = Instant::now();
@@ -75,6 +82,11 @@ impl GuestLog {
         if dropped_before > 0 {
             tracing::warn!(module = %self.module, dropped = dropped_before, "guest log lines dropped by the rate cap");
         }
+        let message = truncate_len(text, total, TextKind::LogLine.limit());
+        if let std::borrow::Cow::Owned(_) = message {
+            self.metrics
+                .truncated(&self.module, TextKind::LogLine.as_str());
+        }
         let module = &*self.module;
         match level {
             host::Level::Trace => tracing::trace!(target: "meshfilter::guest", module, "{message}"),
@@ -87,29 +99,42 @@ impl GuestLog {
 }
 
 /// Guest stdout/stderr: complete lines go to the module's log; a partial line is kept
-/// (bounded) until its newline arrives.
+/// until its newline arrives, its first [`MAX_LOG_LINE_BYTES`] only, so a line without
+/// end holds bounded memory.
 #[derive(Clone)]
 struct GuestOutput {
     log: Arc<GuestLog>,
     level: host::Level,
-    partial: Arc<Mutex<Vec<u8>>>,
+    partial: Arc<Mutex<PartialLine>>,
 }
 
-const MAX_LINE: usize = 4096;
+/// The line being written: its kept head and its full length so far.
+#[derive(Default)]
+struct PartialLine {
+    head: Vec<u8>,
+    len: usize,
+}
 
 impl GuestOutput {
     fn push(&self, bytes: &[u8]) {
         let mut partial = self.partial.lock();
-        for &b in bytes {
-            if b == b'\n' || partial.len() >= MAX_LINE {
-                let line = String::from_utf8_lossy(&partial).into_owned();
-                partial.clear();
-                self.log.emit(self.level, &line);
-                if b == b'\n' {
-                    continue;
-                }
+        for line in bytes.split_inclusive(|&b| b == b'\n') {
+            let (text, complete) = match line.strip_suffix(b"\n") {
+                Some(text) => (text, true),
+                None => (line, false),
+            };
+            let room = MAX_LOG_LINE_BYTES.saturating_sub(partial.head.len());
+            partial
+                .head
+                .extend_from_slice(&text[..text.len().min(room)]);
+            partial.len += text.len();
+            if complete {
+                let head = String::from_utf8_lossy(&partial.head).into_owned();
+                self.log
+                    .emit_line(self.level, &head, partial.len.max(head.len()));
+                partial.head.clear();
+                partial.len = 0;
             }
-            partial.push(b);
         }
     }
 }
@@ -196,7 +221,7 @@ impl HostMonotonicClock for FrozenClock {
 pub(crate) struct StoreState {
     wasi: WasiCtx,
     table: ResourceTable,
-    pub(crate) limits: StoreLimits,
+    pub(crate) limits: StoreLimiter,
     pub(crate) reads: ReadLog,
     local: Arc<Locality>,
     log: Arc<GuestLog>,
@@ -209,6 +234,7 @@ pub(crate) struct StoreState {
 impl StoreState {
     pub(crate) fn new(
         config: &StoreLimitsConfig,
+        budget: Arc<MemoryBudget>,
         local: Arc<Locality>,
         log: Arc<GuestLog>,
     ) -> StoreState {
@@ -240,13 +266,7 @@ impl StoreState {
             .insecure_random(wasmtime_wasi::Deterministic::new(vec![0x17, 0x71]))
             .insecure_random_seed(0x6d65_7368_6669_6c74)
             .build();
-        let limits = StoreLimitsBuilder::new()
-            .memory_size(config.memory_bytes)
-            .instances(4)
-            .tables(8)
-            .memories(2)
-            .trap_on_grow_failure(true)
-            .build();
+        let limits = StoreLimiter::new(budget, config.memory_bytes);
         StoreState {
             wasi,
             table: ResourceTable::new(),
@@ -497,5 +517,57 @@ impl host::Host for StoreState {
         self.reads
             .record(ReadOp::Local, |o| encode::locality(o, &local));
         to_wit_locality(&local)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn output(metrics: &FilterMetrics) -> GuestOutput {
+        GuestOutput {
+            log: Arc::new(GuestLog::new("m.wasm".into(), 1000, metrics.clone())),
+            level: host::Level::Info,
+            partial: Default::default(),
+        }
+    }
+
+    #[test]
+    fn lines_may_arrive_in_pieces() {
+        let metrics = FilterMetrics::default();
+        let out = output(&metrics);
+        out.push(b"hel");
+        out.push(b"lo\nwor");
+        assert_eq!(out.partial.lock().head, b"wor");
+        out.push(b"ld\n\n");
+        assert!(out.partial.lock().head.is_empty());
+        assert_eq!(out.partial.lock().len, 0);
+        assert_eq!(metrics.truncated_count("m.wasm", "log"), 0);
+    }
+
+    #[test]
+    fn an_endless_line_holds_bounded_memory_and_is_cut_once() {
+        let metrics = FilterMetrics::default();
+        let out = output(&metrics);
+        let chunk = [b'x'; 4096];
+        for _ in 0..100 {
+            out.push(&chunk);
+        }
+        assert_eq!(out.partial.lock().head.len(), MAX_LOG_LINE_BYTES);
+        assert_eq!(out.partial.lock().len, 409_600);
+        assert_eq!(metrics.truncated_count("m.wasm", "log"), 0, "not ended yet");
+        out.push(b"\nshort\n");
+        assert_eq!(metrics.truncated_count("m.wasm", "log"), 1);
+        assert!(out.partial.lock().head.is_empty());
+    }
+
+    #[test]
+    fn a_long_host_log_line_is_cut_and_counted() {
+        let metrics = FilterMetrics::default();
+        let log = GuestLog::new("m.wasm".into(), 1000, metrics.clone());
+        log.emit(host::Level::Warn, &"y".repeat(MAX_LOG_LINE_BYTES));
+        assert_eq!(metrics.truncated_count("m.wasm", "log"), 0, "at the limit");
+        log.emit(host::Level::Warn, &"y".repeat(MAX_LOG_LINE_BYTES + 1));
+        assert_eq!(metrics.truncated_count("m.wasm", "log"), 1);
     }
 }

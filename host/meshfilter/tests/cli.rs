@@ -67,7 +67,7 @@ fn filter_test_prints_and_checks_the_table() {
         &cases(),
     ]);
     assert!(ok, "{stdout}{stderr}");
-    assert!(stdout.contains("8 passed, 0 failed"), "{stdout}");
+    assert!(stdout.contains("9 passed, 0 failed"), "{stdout}");
     assert!(
         stdout.contains("regional endpoint from region us-east-1"),
         "reasons are printed: {stdout}"

@@ -16,22 +16,41 @@
 //! - `loop`: spin forever (the host's deadline must stop it).
 //! - `oom`: allocate and touch 1 MiB chunks until the allocator fails, then panic (the
 //!   host's memory limit must stop it).
+//! - `sleep`: `std::thread::sleep` for 30 s, then behave (the host must refuse the
+//!   blocking WASI call at once: a deadline cannot interrupt a host call).
+//! - `grow:<MiB>`: allocate and touch `<MiB>` MiB, free it and behave. Wasm memory never
+//!   shrinks, so the instance keeps holding that much while it lives.
+//! - `huge-reason`: behave with a 100 000-byte reason of two-byte characters (the host
+//!   must cut it on a character boundary).
+//! - `huge-log`: log a 100 000-byte line through the host and print another to stdout,
+//!   then behave (the host must cut both, and stdout must keep working).
 //! - `read-label:<key>`: behave, with the value of label `<key>` (or `<unset>`) as the
 //!   reason, prefixed by `<version>:` when `version` is set, so memoisation tests can see
 //!   which input and which generation a decision came from. Miss requests have no labels:
 //!   there it behaves like `sync-global`.
-//! - `trap-if-label:<key>`, `loop-if-label:<key>`, `oom-if-label:<key>`: fail that way
-//!   only for endpoints carrying label `<key>`, behave otherwise (so the module passes
-//!   the host's probe and fails at call time).
+//! - `trap-if-label:<key>`, `loop-if-label:<key>`, `oom-if-label:<key>`,
+//!   `sleep-if-label:<key>`: fail that way only for endpoints carrying label `<key>`,
+//!   behave otherwise (so the module passes the host's probe and fails at call time).
 //!
-//! `configure` is `ok`, `reject` (return an error) or `trap` (panic); `selfTest` is `ok` or
-//! `fail`.
+//! `configure` is `ok`, `reject` (return an error), `huge-error` (return an 8 MiB error)
+//! or `trap` (panic); `selfTest` is `ok` or `fail`.
 
 use meshfilter_guest_sdk::{
     Config, Endpoint, ExportDecision, Filter, ImportDecision, MissDecision, MissRequest, Scope,
-    export_filter,
+    export_filter, warn,
 };
 use serde::Deserialize;
+use std::time::Duration;
+
+/// How long `sleep` sleeps: far past any deadline, so only a host that refuses the call
+/// returns in time.
+const SLEEP: Duration = Duration::from_secs(30);
+
+/// Length of the `huge-reason` reason and of each `huge-log` line, in bytes.
+const HUGE: usize = 100_000;
+
+/// Length of the `huge-error` configure error, in bytes.
+const HUGE_ERROR: usize = 8 << 20;
 
 /// What one hook does.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,6 +60,11 @@ enum Mode {
     Trap,
     Loop,
     Oom,
+    Sleep,
+    /// Touch this many MiB, then behave.
+    Grow(usize),
+    HugeReason,
+    HugeLog,
     ReadLabel(String),
     /// Fail with the inner mode when the endpoint has this label.
     IfLabel(Box<Mode>, String),
@@ -54,11 +78,23 @@ impl Mode {
             "trap" => Mode::Trap,
             "loop" => Mode::Loop,
             "oom" => Mode::Oom,
+            "sleep" => Mode::Sleep,
+            "huge-reason" => Mode::HugeReason,
+            "huge-log" => Mode::HugeLog,
+            _ if text.starts_with("grow:") => match text["grow:".len()..].parse::<usize>() {
+                Ok(mib) if mib > 0 => Mode::Grow(mib),
+                _ => {
+                    return Err(format!(
+                        "{field}: {text:?} wants a positive number of MiB after grow:"
+                    ));
+                }
+            },
             _ => {
                 let conditional = [
                     ("trap-if-label:", Mode::Trap),
                     ("loop-if-label:", Mode::Loop),
                     ("oom-if-label:", Mode::Oom),
+                    ("sleep-if-label:", Mode::Sleep),
                 ]
                 .into_iter()
                 .find_map(|(prefix, mode)| text.strip_prefix(prefix).map(|key| (mode, key)));
@@ -70,7 +106,8 @@ impl Mode {
                     _ => {
                         return Err(format!(
                             "{field}: unknown mode {text:?} (want sync-global, abstain, trap, loop, oom, \
-                             read-label:<key> or trap|loop|oom-if-label:<key>)"
+                             sleep, grow:<MiB>, huge-reason, huge-log, read-label:<key> or \
+                             trap|loop|oom|sleep-if-label:<key>)"
                         ));
                     }
                 }
@@ -113,9 +150,17 @@ impl Misbehave {
         match mode {
             Mode::SyncGlobal => Outcome::Behave(self.reason.clone()),
             Mode::Abstain => Outcome::Abstain,
-            Mode::Trap => panic!("misbehave: trap as configured"),
-            Mode::Loop => spin(),
-            Mode::Oom => exhaust_memory(),
+            Mode::Trap | Mode::Loop | Mode::Oom | Mode::Sleep => self.fail(mode),
+            Mode::Grow(mib) => {
+                touch_memory(*mib);
+                Outcome::Behave(self.reason.clone())
+            }
+            Mode::HugeReason => Outcome::Behave("é".repeat(HUGE / 2)),
+            Mode::HugeLog => {
+                warn!("{}", "l".repeat(HUGE));
+                println!("{}", "p".repeat(HUGE));
+                Outcome::Behave(self.reason.clone())
+            }
             Mode::ReadLabel(key) => {
                 let value = label(key).unwrap_or_else(|| "<unset>".to_string());
                 Outcome::Behave(match &self.version {
@@ -138,6 +183,10 @@ impl Misbehave {
             Mode::Trap => panic!("misbehave: trap as configured"),
             Mode::Loop => spin(),
             Mode::Oom => exhaust_memory(),
+            Mode::Sleep => {
+                std::thread::sleep(SLEEP);
+                Outcome::Behave(self.reason.clone())
+            }
             _ => Outcome::Behave(self.reason.clone()),
         }
     }
@@ -149,6 +198,12 @@ fn spin() -> ! {
     loop {
         n = core::hint::black_box(n.wrapping_add(1));
     }
+}
+
+/// Allocates and touches `mib` MiB, then frees it.
+fn touch_memory(mib: usize) {
+    let block = vec![0x5au8; mib << 20];
+    core::hint::black_box(&block);
 }
 
 /// Allocates and touches 1 MiB chunks until an allocation fails, then panics.
@@ -190,9 +245,10 @@ impl Filter for Misbehave {
         match s.configure.as_deref() {
             None | Some("ok") => Ok(filter),
             Some("reject") => Err("configure: rejected as configured".to_string()),
+            Some("huge-error") => Err("e".repeat(HUGE_ERROR)),
             Some("trap") => panic!("misbehave: configure traps as configured"),
             Some(other) => Err(format!(
-                "configure: unknown value {other:?} (want ok, reject or trap)"
+                "configure: unknown value {other:?} (want ok, reject, huge-error or trap)"
             )),
         }
     }
@@ -292,6 +348,49 @@ mod tests {
     }
 
     #[test]
+    fn conditional_sleep_behaves_without_its_label() {
+        let filter: Misbehave = testing::load(
+            r#"{"onExport": "sleep-if-label:slow", "onImport": "sleep-if-label:slow"}"#,
+        )
+        .unwrap();
+        let endpoint = Endpoint::builder().label("app", "web").build();
+        assert_eq!(
+            filter.export(&endpoint),
+            ExportDecision::sync(Scope::Global).because("misbehave")
+        );
+        assert_eq!(filter.import(&endpoint), ImportDecision::keep("misbehave"));
+        assert_eq!(endpoint.reads(), ["label(slow)", "label(slow)"]);
+    }
+
+    #[test]
+    fn oversized_output_modes() {
+        let filter: Misbehave = testing::load(
+            r#"{"onExport": "huge-reason", "onImport": "huge-log", "onMiss": "grow:3"}"#,
+        )
+        .unwrap();
+        let endpoint = Endpoint::builder().build();
+        let ExportDecision::Sync { reason, .. } = filter.export(&endpoint) else {
+            panic!("huge-reason syncs");
+        };
+        assert_eq!(reason.len(), HUGE);
+        assert!(reason.chars().all(|c| c == 'é'));
+        testing::take_logs();
+        assert_eq!(filter.import(&endpoint), ImportDecision::keep("misbehave"));
+        let logs = testing::take_logs();
+        assert_eq!(logs.len(), 1, "one line through the host log");
+        assert_eq!(logs[0].1.len(), HUGE);
+        assert_eq!(
+            filter.miss(&MissRequest::builder().build()),
+            MissDecision::resolve(Vec::<String>::new()).because("misbehave")
+        );
+        let Err(error) = Misbehave::configure(&Config::new(r#"{"configure": "huge-error"}"#))
+        else {
+            panic!("huge-error rejects the config");
+        };
+        assert_eq!(error.len(), HUGE_ERROR);
+    }
+
+    #[test]
     fn configure_and_self_test_modes() {
         testing::assert_rejects::<Misbehave>(
             r#"{"configure": "reject"}"#,
@@ -315,6 +414,14 @@ mod tests {
             (
                 r#"{"onMiss": "read-label:"}"#,
                 r#"onMiss: unknown mode "read-label:""#,
+            ),
+            (
+                r#"{"onExport": "sleep-if-label:"}"#,
+                r#"onExport: unknown mode "sleep-if-label:""#,
+            ),
+            (
+                r#"{"onImport": "grow:0"}"#,
+                r#"onImport: "grow:0" wants a positive number of MiB"#,
             ),
             (
                 r#"{"configure": "maybe"}"#,
