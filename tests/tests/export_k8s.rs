@@ -306,6 +306,8 @@ impl Export {
             writer,
             runtime,
             Backoff::new(Duration::from_millis(50), Duration::from_millis(500)),
+            meshfilter_k8s_source::SourceMetrics::default(),
+            SyncMetrics::default(),
         );
         let status = export.status_handle();
         let task = tokio::spawn(export.run(cancel.clone()));

@@ -7,10 +7,11 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use meshfilter_api::ResolveError;
 use meshfilter_cilium::ClusterName;
 use meshfilter_etcd::EtcdConfig;
 use meshfilter_filter_runtime::Locality;
-use meshfilter_sync::{ResolveError, Resolver, ResolverConfig};
+use meshfilter_sync::{Resolver, ResolverConfig, SyncMetrics};
 use meshfilter_tests::cilium_data::{SourceCluster, list, put_all};
 use meshfilter_tests::etcd::EtcdServer;
 use meshfilter_tests::{cfp_scope_runtime, spawn_remote, writer_into};
@@ -61,6 +62,7 @@ async fn resolves_on_demand_dedups_and_bounds_floods() {
             per_client_per_second: 1_000_000,
             ..ResolverConfig::default()
         },
+        SyncMetrics::default(),
     );
     // Ten concurrent requests for the same address: one fetch.
     let ip: IpAddr = c.pod_ip(0, 0).parse().unwrap();
@@ -136,7 +138,7 @@ async fn futures_join(
     resolver: &Arc<Resolver>,
     ip: IpAddr,
     n: usize,
-) -> Vec<Result<meshfilter_sync::Resolved, ResolveError>> {
+) -> Vec<Result<meshfilter_api::Resolved, ResolveError>> {
     let mut tasks = Vec::new();
     for _ in 0..n {
         let r = resolver.clone();

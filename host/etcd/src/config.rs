@@ -124,6 +124,35 @@ impl EtcdConfig {
     }
 }
 
+/// One file of a clustermesh directory: the cluster it is named after, and its config (or
+/// why it cannot be used).
+pub type ClusterFile = (String, Result<EtcdConfig, EtcdError>);
+
+/// Reads a clustermesh directory the way Cilium mounts it (one file per remote cluster,
+/// named after the cluster, usually a symlink through the secret volume's `..data`): every
+/// regular file (links followed) whose name does not start with `.`, except `own`, sorted
+/// by name. A file that cannot be read or parsed is returned with its error, so the
+/// caller can say which one is wrong and keep the others.
+pub fn scan_clusters_dir(dir: &Path, own: Option<&str>) -> Result<Vec<ClusterFile>, EtcdError> {
+    let err = |e: std::io::Error| EtcdError::Config {
+        path: dir.to_path_buf(),
+        message: e.to_string(),
+    };
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(err)? {
+        let path = entry.map_err(err)?.path();
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        if name.starts_with('.') || Some(name) == own || !path.is_file() {
+            continue;
+        }
+        out.push((name.to_string(), EtcdConfig::from_file(&path)));
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -156,6 +185,38 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("together")
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn scans_a_mounted_clustermesh_directory() {
+        let dir =
+            std::env::temp_dir().join(format!("meshfilter-clustermesh-{}", std::process::id()));
+        let data = dir.join("..2026_11_30_00_00_00.000001");
+        std::fs::create_dir_all(&data).unwrap();
+        std::fs::write(data.join("east"), "endpoints: [http://east:2379]\n").unwrap();
+        std::fs::write(data.join("west"), "endpoints: []\n").unwrap();
+        std::fs::write(data.join("local"), "endpoints: [http://local:2379]\n").unwrap();
+        std::os::unix::fs::symlink("..2026_11_30_00_00_00.000001", dir.join("..data")).unwrap();
+        for name in ["east", "west", "local"] {
+            std::os::unix::fs::symlink(format!("..data/{name}"), dir.join(name)).unwrap();
+        }
+        let found = scan_clusters_dir(&dir, Some("local")).unwrap();
+        let names: Vec<&str> = found.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            ["east", "west"],
+            "links followed, dot files and own cluster skipped"
+        );
+        assert!(found[0].1.is_ok());
+        assert!(
+            found[1]
+                .1
+                .as_ref()
+                .unwrap_err()
+                .to_string()
+                .contains("endpoints")
         );
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -15,7 +15,7 @@ mod list;
 mod watcher;
 
 pub use backoff::Backoff;
-pub use config::EtcdConfig;
+pub use config::{ClusterFile, EtcdConfig, scan_clusters_dir};
 pub use error::EtcdError;
 pub use list::{DEFAULT_PAGE_KEYS, Entry, MAX_RESPONSE_BYTES, Page, Pages, prefix_end};
 pub use watcher::{Change, WatchEvent, Watcher};

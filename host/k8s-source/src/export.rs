@@ -45,7 +45,8 @@ use meshfilter_common::labels::NAMESPACE_GLOBAL;
 use meshfilter_etcd::Backoff;
 use meshfilter_filter_runtime::FilterRuntime;
 use meshfilter_sync::{
-    ExportHook, ExportStats, NodeCache, SyncError, TargetKeys, TargetWriter, endpoint_input,
+    ExportHook, ExportStats, NodeCache, SyncError, SyncMetrics, TargetKeys, TargetWriter,
+    endpoint_input,
 };
 use parking_lot::Mutex;
 use serde::de::DeserializeOwned;
@@ -55,6 +56,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
 use crate::claims::{Claims, Contribution, Touched};
+use crate::metrics::SourceMetrics;
 use crate::resources::{CiliumEndpointObject, CiliumNodeObject, ObjectKey};
 use crate::watch::{ChangeFeed, Dirty, WatchStatus, Watched, run_watch};
 
@@ -138,6 +140,7 @@ impl KubernetesStatusHandle {
 pub struct KubernetesExport {
     cluster: LocalCluster,
     client: kube::Client,
+    metrics: SourceMetrics,
     writer: Arc<TargetWriter>,
     backoff: Backoff,
     status: KubernetesStatusHandle,
@@ -152,6 +155,8 @@ impl KubernetesExport {
         writer: Arc<TargetWriter>,
         runtime: Arc<FilterRuntime>,
         backoff: Backoff,
+        metrics: SourceMetrics,
+        sync_metrics: SyncMetrics,
     ) -> KubernetesExport {
         let watches = [
             CiliumEndpointObject::NAME,
@@ -165,10 +170,11 @@ impl KubernetesExport {
         KubernetesExport {
             cluster,
             client,
+            metrics,
             writer,
             backoff,
             status: KubernetesStatusHandle {
-                hook: Arc::new(ExportHook::new(runtime)),
+                hook: Arc::new(ExportHook::new(runtime, sync_metrics)),
                 watches: Arc::new(watches),
                 progress: Arc::default(),
             },
@@ -191,6 +197,7 @@ impl KubernetesExport {
         let feed = Arc::new(ChangeFeed::default());
         let mut watchers = Watchers {
             client: self.client.clone(),
+            metrics: self.metrics.clone(),
             status: self.status.clone(),
             feed: feed.clone(),
             cancel: cancel.clone(),
@@ -227,6 +234,7 @@ impl KubernetesExport {
             feed,
             claims: Claims::default(),
             progress: self.status.progress.clone(),
+            metrics: self.metrics.clone(),
         };
         exporter
             .run(
@@ -243,6 +251,7 @@ impl KubernetesExport {
 /// Starts the watchers, one task each.
 struct Watchers {
     client: kube::Client,
+    metrics: SourceMetrics,
     status: KubernetesStatusHandle,
     feed: Arc<ChangeFeed>,
     cancel: CancellationToken,
@@ -266,6 +275,7 @@ impl Watchers {
             writer,
             self.status.watch(K::NAME),
             self.feed.clone(),
+            self.metrics.clone(),
             self.cancel.clone(),
         );
         self.tasks
@@ -314,6 +324,7 @@ struct Exporter {
     /// Where each canary sits, so a rewrite keeps its lease.
     canary_leases: HashMap<Resource, i64>,
     progress: Arc<Mutex<Progress>>,
+    metrics: SourceMetrics,
 }
 
 impl Exporter {
@@ -347,6 +358,7 @@ impl Exporter {
             target_unknown = true;
             let delay = backoff.next_delay();
             tracing::warn!(error = %e, retry_in = ?delay, "export interrupted");
+            self.metrics.write_retries.inc();
             {
                 let mut p = self.progress.lock();
                 p.retries += 1;

@@ -18,12 +18,14 @@ mod access;
 mod claims;
 mod error;
 pub mod export;
+mod metrics;
 pub mod resources;
 mod watch;
 
 pub use access::ApiAccess;
 pub use error::K8sSourceError;
 pub use export::{KubernetesExport, KubernetesStatus, KubernetesStatusHandle, LocalCluster};
+pub use metrics::SourceMetrics;
 pub use watch::WatchStatus;
 
 /// The kube client this crate is built with, for callers that build their own (tests

@@ -22,6 +22,7 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::metrics::{ResourceLabel, SourceMetrics};
 use crate::resources::{CiliumEndpointObject, CiliumNodeObject, ObjectKey};
 
 /// What changed since the exporter last looked.
@@ -139,12 +140,14 @@ pub(crate) async fn run_watch<K, S>(
     mut store: Writer<K>,
     status: Arc<Mutex<WatchStatus>>,
     feed: Arc<ChangeFeed>,
+    metrics: SourceMetrics,
     cancel: CancellationToken,
 ) where
     K: Watched,
     S: Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send,
 {
     let reader = store.as_reader();
+    let label = ResourceLabel { resource: K::NAME };
     let mut stream = std::pin::pin!(stream);
     loop {
         let next = tokio::select! {
@@ -156,6 +159,7 @@ pub(crate) async fn run_watch<K, S>(
             Ok(event) => event,
             Err(e) => {
                 tracing::warn!(resource = K::NAME, error = %e, "watch failed; retrying");
+                metrics.errors.get_or_create(&label).inc();
                 let mut s = status.lock();
                 s.errors += 1;
                 s.last_error = Some(e.to_string());
@@ -168,12 +172,14 @@ pub(crate) async fn run_watch<K, S>(
                 if let Some(why) = object.malformed() {
                     tracing::warn!(resource = K::NAME, object = %ObjectKey::of(object.meta()), error = why,
                         "skipping malformed object");
+                    metrics.malformed.get_or_create(&label).inc();
                     status.lock().malformed += 1;
                 }
             }
             watcher::Event::Delete(_) | watcher::Event::Init => {}
             watcher::Event::InitDone => {
                 tracing::info!(resource = K::NAME, objects = reader.len(), "listed");
+                metrics.lists.get_or_create(&label).inc();
                 let mut s = status.lock();
                 s.listed = true;
                 s.lists += 1;
@@ -186,6 +192,10 @@ pub(crate) async fn run_watch<K, S>(
             watcher::Event::InitDone => feed.mark(|dirty| dirty.all = true),
             watcher::Event::Init | watcher::Event::InitApply(_) => {}
         }
+        metrics
+            .objects
+            .get_or_create(&label)
+            .set(reader.len() as i64);
         status.lock().objects = reader.len();
     }
     tracing::debug!(resource = K::NAME, "watch stopped");

@@ -194,6 +194,10 @@ pub struct MeshArgs {
     /// waits 3 minutes).
     #[arg(long, value_parser = humantime::parse_duration, default_value = "3m")]
     pub drain_grace: std::time::Duration,
+    /// Check the config and its filters directory (modules load, pins match, configs
+    /// accepted) without connecting anywhere, then exit: 0 when it would run.
+    #[arg(long)]
+    pub check: bool,
 }
 
 /// `node`
@@ -202,6 +206,10 @@ pub struct NodeArgs {
     /// Config file (YAML).
     #[arg(long)]
     pub config: PathBuf,
+    /// Check the config and its filters directory (modules load, pins match, configs
+    /// accepted) without connecting anywhere, then exit: 0 when it would run.
+    #[arg(long)]
+    pub check: bool,
 }
 
 /// `status`
@@ -231,4 +239,8 @@ pub struct ExportArgs {
     /// Config file (YAML).
     #[arg(long)]
     pub config: PathBuf,
+    /// Check the config and its filters directory (modules load, pins match, configs
+    /// accepted) without connecting anywhere, then exit: 0 when it would run.
+    #[arg(long)]
+    pub check: bool,
 }

@@ -121,6 +121,13 @@ pub struct ResolveSection {
     /// Remote lookups started per second at most.
     #[serde(default = "default_per_second")]
     pub per_second: u32,
+    /// Requests per second one client (node agent) may make.
+    #[serde(default = "default_per_client_per_second")]
+    pub per_client_per_second: u32,
+}
+
+fn default_per_client_per_second() -> u32 {
+    100
 }
 
 impl Default for ResolveSection {
@@ -129,6 +136,7 @@ impl Default for ResolveSection {
             pin_ttl: default_pin_ttl(),
             negative_ttl: default_negative_ttl(),
             per_second: default_per_second(),
+            per_client_per_second: default_per_client_per_second(),
         }
     }
 }
@@ -193,7 +201,7 @@ pub struct FiltersSection {
 
 impl ClusterSection {
     /// Checks the name against Cilium's rules.
-    fn validate(&self) -> anyhow::Result<ClusterName> {
+    pub fn validated(&self) -> anyhow::Result<ClusterName> {
         ClusterName::new(self.name.clone()).with_context(|| {
             format!(
                 "cluster.name: {:?} is not a valid Cilium cluster name",
@@ -223,7 +231,7 @@ impl MeshConfig {
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         let config: MeshConfig = serde_yaml::from_str(&text)
             .with_context(|| format!("invalid config {}", path.display()))?;
-        config.cluster.validate()?;
+        config.cluster.validated()?;
         config.sync.validate()?;
         if config.local_etcd.endpoints.is_empty() {
             bail!("localEtcd.endpoints: at least one endpoint is required");
@@ -393,7 +401,7 @@ impl ExportConfig {
     /// Parses and validates config text; errors name the field and the bad value.
     pub fn parse(text: &str) -> anyhow::Result<ExportConfig> {
         let file: ExportFile = serde_yaml::from_str(text)?;
-        let cluster_name = file.cluster.validate()?;
+        let cluster_name = file.cluster.validated()?;
         file.sync.validate()?;
         if file.export_etcd.endpoints.is_empty() {
             bail!("exportEtcd.endpoints: at least one endpoint is required");

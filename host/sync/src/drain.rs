@@ -10,7 +10,9 @@ use parking_lot::Mutex;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::reflector::{MAX_ERROR_CHARS, ReflectorStatus, bounded};
+use meshfilter_api::ReflectorStatus;
+
+use crate::reflector::{MAX_ERROR_CHARS, bounded};
 use crate::target::TargetKeys;
 use crate::writer::TargetWriter;
 

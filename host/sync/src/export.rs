@@ -26,7 +26,9 @@ use crate::caches::{IdentityCache, NodeCache};
 use crate::drain::Disabled;
 use crate::metrics::SyncMetrics;
 use crate::mirrors::VerbatimMirror;
-use crate::reflector::{Mirror, Rechecks, Reflector, ReflectorStatus};
+use meshfilter_api::ReflectorStatus;
+
+use crate::reflector::{Mirror, Rechecks, Reflector};
 use crate::target::TargetKeys;
 use crate::writer::TargetWriter;
 
@@ -50,16 +52,52 @@ pub struct ExportHook {
     runtime: Arc<FilterRuntime>,
     decisions: Mutex<BTreeMap<String, ExportDecision>>,
     invalid: Mutex<BTreeMap<String, String>>,
+    metrics: SyncMetrics,
 }
 
 impl ExportHook {
-    /// Decisions by `runtime`'s current generation.
-    pub fn new(runtime: Arc<FilterRuntime>) -> ExportHook {
+    /// Decisions by `runtime`'s current generation, counted in `metrics`.
+    pub fn new(runtime: Arc<FilterRuntime>, metrics: SyncMetrics) -> ExportHook {
         ExportHook {
             runtime,
             decisions: Mutex::default(),
             invalid: Mutex::default(),
+            metrics,
         }
+    }
+
+    /// Records `decision` for `key` (`None`: none any more), keeping the gauges of
+    /// exported (by scope) and skipped endpoints in step.
+    fn set_decision(&self, key: &str, decision: Option<ExportDecision>) {
+        let outcome = |d: &ExportDecision| match d {
+            ExportDecision::Sync { scope, .. } => scope.to_field_value(),
+            ExportDecision::Skip { .. } => "skipped".to_string(),
+        };
+        let mut decisions = self.decisions.lock();
+        if let Some(d) = &decision {
+            self.metrics.count_export(&outcome(d), 1);
+        }
+        let before = match decision {
+            Some(d) => decisions.insert(key.to_string(), d),
+            None => decisions.remove(key),
+        };
+        if let Some(d) = before {
+            self.metrics.count_export(&outcome(&d), -1);
+        }
+    }
+
+    /// Records why `key` cannot be used (`None`: it can); true when newly invalid.
+    fn set_invalid(&self, key: &str, why: Option<String>) -> bool {
+        let mut invalid = self.invalid.lock();
+        let newly = match why {
+            Some(why) => invalid.insert(key.to_string(), why).is_none(),
+            None => {
+                invalid.remove(key);
+                false
+            }
+        };
+        self.metrics.export_invalid.set(invalid.len() as i64);
+        newly
     }
 
     /// The filter runtime deciding.
@@ -77,7 +115,7 @@ impl ExportHook {
         mut pair: IpIdentityPair,
         mut input: EndpointInput,
     ) -> Option<Bytes> {
-        self.invalid.lock().remove(key);
+        self.set_invalid(key, None);
         input.sync_scope = None;
         let input = Arc::new(input);
         let previous = self.decisions.lock().get(key).cloned();
@@ -89,9 +127,7 @@ impl ExportHook {
             }
             ExportDecision::Skip { .. } => None,
         };
-        self.decisions
-            .lock()
-            .insert(key.to_string(), verdict.decision);
+        self.set_decision(key, Some(verdict.decision));
         out
     }
 
@@ -99,26 +135,26 @@ impl ExportHook {
     /// `reason` (the Kubernetes source when an endpoint's Pod is gone: there is nothing to
     /// decide from).
     pub fn skip(&self, key: &str, reason: &str) {
-        self.invalid.lock().remove(key);
-        self.decisions.lock().insert(
-            key.to_string(),
-            ExportDecision::Skip {
+        self.set_invalid(key, None);
+        self.set_decision(
+            key,
+            Some(ExportDecision::Skip {
                 reason: Arc::from(reason),
-            },
+            }),
         );
     }
 
     /// Records that the source entry `key` cannot be used, because of `why`, so it is not
     /// published. True the first time, so callers log it once.
     pub fn invalid(&self, key: &str, why: String) -> bool {
-        self.decisions.lock().remove(key);
-        self.invalid.lock().insert(key.to_string(), why).is_none()
+        self.set_decision(key, None);
+        self.set_invalid(key, Some(why))
     }
 
     /// Forgets `key`, gone from the source.
     pub fn forget(&self, key: &str) {
-        self.decisions.lock().remove(key);
-        self.invalid.lock().remove(key);
+        self.set_decision(key, None);
+        self.set_invalid(key, None);
     }
 
     /// What was exported and kept in, and why.
@@ -160,6 +196,7 @@ impl ExportMirror {
         runtime: Arc<FilterRuntime>,
         nodes: Arc<NodeCache>,
         identities: Arc<IdentityCache>,
+        metrics: SyncMetrics,
         cancel: CancellationToken,
     ) -> Arc<ExportMirror> {
         let rechecks = Arc::new(Rechecks::default());
@@ -167,7 +204,7 @@ impl ExportMirror {
             prefix: Resource::Endpoints.source_prefix(&cluster),
             canary: Resource::Endpoints.source_canary_key(&cluster),
             cluster,
-            hook: ExportHook::new(runtime.clone()),
+            hook: ExportHook::new(runtime.clone(), metrics),
             nodes: nodes.clone(),
             identities: identities.clone(),
             rechecks: rechecks.clone(),
@@ -382,7 +419,7 @@ impl ExportCluster {
         tokio::select! {
             _ = cancel.cancelled() => {}
             _ = ready => {
-                let endpoints = ExportMirror::new(self.cluster.clone(), self.runtime.clone(), nodes, identities, cancel.clone());
+                let endpoints = ExportMirror::new(self.cluster.clone(), self.runtime.clone(), nodes, identities, self.metrics.clone(), cancel.clone());
                 *handle.endpoints.lock() = Some(endpoints.clone());
                 self.spawn(&mut tasks, &cancel, &handle, endpoints, gate(Resource::Endpoints));
             }

@@ -40,6 +40,19 @@ pub(crate) struct RefusedLabel {
     pub(crate) reason: &'static str,
 }
 
+/// Endpoints of a cluster by import decision.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct DecisionLabel {
+    pub(crate) cluster: String,
+    pub(crate) decision: &'static str,
+}
+
+/// What became of a resolve request.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct OutcomeLabel {
+    pub(crate) outcome: &'static str,
+}
+
 /// A remote cluster.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct ClusterLabel {
@@ -67,6 +80,18 @@ pub struct SyncMetrics {
     pub(crate) connect_failures: Family<ClusterLabel, Counter>,
     pub(crate) config_changes: Family<ClusterLabel, Counter>,
     pub(crate) config_enforced: Family<ClusterLabel, Counter>,
+    pub(crate) import_endpoints: Family<DecisionLabel, Gauge>,
+    pub(crate) import_invalid: Family<ClusterLabel, Gauge>,
+    pub(crate) import_failures: Family<ClusterLabel, Counter>,
+    pub(crate) resolver: Family<OutcomeLabel, Counter>,
+    pub(crate) export_endpoints: Family<ExportLabel, Gauge>,
+    pub(crate) export_invalid: Gauge,
+}
+
+/// An export decision: the scope an endpoint goes out with, or `skipped`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct ExportLabel {
+    pub(crate) outcome: String,
 }
 
 impl SyncMetrics {
@@ -149,6 +174,50 @@ impl SyncMetrics {
             "Times the cached cluster config was written (start, periodic, lease loss, external edit)",
             self.config_enforced.clone(),
         );
+        let i = registry.sub_registry_with_prefix("meshfilter_import");
+        i.register(
+            "endpoints",
+            "Remote endpoints by the import hook's decision (kept ones are mirrored; in shadow mode all are)",
+            self.import_endpoints.clone(),
+        );
+        i.register(
+            "invalid",
+            "Remote endpoints that cannot be used (malformed, IP not matching its key, identity outside the cluster's range)",
+            self.import_invalid.clone(),
+        );
+        i.register(
+            "failures",
+            "Import decisions made by a failure policy because a filter failed",
+            self.import_failures.clone(),
+        );
+        let e = registry.sub_registry_with_prefix("meshfilter_export");
+        e.register(
+            "endpoints",
+            "Endpoints by the export hook's decision: the scope they go out with, or skipped",
+            self.export_endpoints.clone(),
+        );
+        e.register(
+            "invalid",
+            "Source endpoints that cannot be used (malformed), not exported",
+            self.export_invalid.clone(),
+        );
+        registry.register(
+            "meshfilter_resolver_requests",
+            "On-demand resolve requests by outcome (resolved, not-found, negative-hit, rate-limited, client-rate-limited, deduplicated, refused, not-installed) and remote reads (remote-read, remote-error)",
+            self.resolver.clone(),
+        );
+    }
+
+    pub(crate) fn count_export(&self, outcome: &str, delta: i64) {
+        self.export_endpoints
+            .get_or_create(&ExportLabel {
+                outcome: outcome.to_string(),
+            })
+            .inc_by(delta);
+    }
+
+    pub(crate) fn resolved(&self, outcome: &'static str) {
+        self.resolver.get_or_create(&OutcomeLabel { outcome }).inc();
     }
 
     pub(crate) fn etcd(&self, etcd: &str) -> EtcdLabel {

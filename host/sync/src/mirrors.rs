@@ -1,10 +1,11 @@
 //! The mirrors a remote cluster needs: verbatim copies (nodes, identities, services,
 //! service exports) and the endpoint mirror that asks the import hook.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use meshfilter_api::ImportStats;
 use meshfilter_cilium::{ClusterName, IpIdentityPair, KvstoreValue};
 use meshfilter_filter_runtime::{Decided, EndpointInput, FilterRuntime, ImportDecision};
 use parking_lot::Mutex;
@@ -12,6 +13,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::caches::{IdentityCache, NodeCache};
+use crate::metrics::SyncMetrics;
 use crate::reflector::{Mirror, Rechecks};
 
 type Observer = Box<dyn Fn(&str, Option<&Bytes>) + Send + Sync>;
@@ -138,24 +140,6 @@ async fn futures_select_any<const N: usize>(sources: &mut [watch::Receiver<u64>;
     rx.recv().await.unwrap_or(false)
 }
 
-/// What the import hook did with one remote cluster's endpoints.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ImportStats {
-    /// Entries mirrored.
-    pub kept: usize,
-    /// Entries filtered out, by reason.
-    pub skipped: BTreeMap<String, usize>,
-    /// Entries that could not be parsed (malformed JSON, IP not matching its key, too
-    /// large), by error.
-    pub invalid: usize,
-    /// Decisions made by a failure policy rather than a filter.
-    pub failures: usize,
-    /// Shadow mode: the counts say what the import hook would do, but everything is
-    /// mirrored.
-    pub shadow: bool,
-}
-
 /// A decision as recorded for one endpoint.
 #[derive(Debug, Clone, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -200,6 +184,7 @@ pub struct ImportMirror {
     invalid: Mutex<HashMap<String, String>>,
     failures: std::sync::atomic::AtomicUsize,
     rechecks: Arc<Rechecks>,
+    metrics: SyncMetrics,
     /// Endpoints resolved on demand (datapath misses), mirrored whatever the import hook
     /// says until their pin expires.
     pinned: Mutex<HashMap<String, std::time::Instant>>,
@@ -241,6 +226,11 @@ impl ImportMirror {
     /// through: it parses as an ipcache entry of this cluster for that address and its
     /// identity lies in the cluster's range. The on-demand resolver writes nothing else.
     pub fn validate(&self, ip: &str, value: &[u8]) -> Result<(), String> {
+        self.check(ip, value).map(|_| ())
+    }
+
+    /// The entry at key suffix `ip`, if it is one agents would accept.
+    fn check(&self, ip: &str, value: &[u8]) -> Result<IpIdentityPair, String> {
         let pair = IpIdentityPair::parse(&self.cluster, ip, value).map_err(|e| e.to_string())?;
         match self.identity_range.get() {
             Some(&(id, max)) if id != 0 && !pair.identity_in_cluster_range(id, max) => {
@@ -249,8 +239,54 @@ impl ImportMirror {
                     pair.id
                 ))
             }
-            _ => Ok(()),
+            _ => Ok(pair),
         }
+    }
+
+    /// Records the decision for `ip` (`None`: none any more), keeping the per-cluster
+    /// gauges of kept and skipped endpoints in step.
+    fn set_decision(&self, ip: &str, recorded: Option<RecordedDecision>) {
+        let keeps = |r: &RecordedDecision| r.decision.keeps();
+        let mut decisions = self.decisions.lock();
+        let before = match recorded {
+            Some(r) => {
+                let now = keeps(&r);
+                let before = decisions.insert(ip.to_string(), r).map(|old| keeps(&old));
+                self.count_decision(Some(now), 1);
+                before
+            }
+            None => decisions.remove(ip).map(|old| keeps(&old)),
+        };
+        self.count_decision(before, -1);
+    }
+
+    fn count_decision(&self, keeps: Option<bool>, delta: i64) {
+        if let Some(keeps) = keeps {
+            let label = crate::metrics::DecisionLabel {
+                cluster: self.cluster.to_string(),
+                decision: if keeps { "kept" } else { "skipped" },
+            };
+            self.metrics
+                .import_endpoints
+                .get_or_create(&label)
+                .inc_by(delta);
+        }
+    }
+
+    /// Records why `ip` cannot be used (`None`: it can); true when newly invalid.
+    fn set_invalid(&self, ip: &str, why: Option<String>) -> bool {
+        let mut invalid = self.invalid.lock();
+        let changed = match why {
+            Some(why) => invalid.insert(ip.to_string(), why).is_none(),
+            None => invalid.remove(ip).is_some(),
+        };
+        if changed {
+            self.metrics
+                .import_invalid
+                .get_or_create(&self.metrics.cluster(self.cluster.as_str()))
+                .set(invalid.len() as i64);
+        }
+        changed && invalid.contains_key(ip)
     }
 
     /// Refuse entries whose identity is outside cluster `cluster_id`'s range.
@@ -279,6 +315,7 @@ impl ImportMirror {
         runtime: Arc<FilterRuntime>,
         nodes: Arc<NodeCache>,
         identities: Arc<IdentityCache>,
+        metrics: SyncMetrics,
         cancel: CancellationToken,
     ) -> Arc<ImportMirror> {
         let rechecks = Arc::new(Rechecks::default());
@@ -295,6 +332,7 @@ impl ImportMirror {
             invalid: Mutex::default(),
             failures: Default::default(),
             rechecks: rechecks.clone(),
+            metrics,
             pinned: Mutex::default(),
             identity_range: std::sync::OnceLock::new(),
         });
@@ -392,39 +430,16 @@ impl Mirror for ImportMirror {
     }
     fn transform(&self, source_key: &str, value: &Bytes) -> Option<Bytes> {
         let suffix = source_key.strip_prefix(&self.source_prefix)?;
-        let pair = match IpIdentityPair::parse(&self.cluster, suffix, value) {
-            Ok(pair) => match self.identity_range.get() {
-                Some(&(id, max)) if id != 0 && !pair.identity_in_cluster_range(id, max) => {
-                    let why = format!(
-                        "identity {} is outside the range of cluster ID {id}",
-                        pair.id
-                    );
-                    if self
-                        .invalid
-                        .lock()
-                        .insert(suffix.to_string(), why.clone())
-                        .is_none()
-                    {
-                        tracing::warn!(cluster = %self.cluster, key = source_key, "skipping ipcache entry: {why}");
-                    }
-                    self.decisions.lock().remove(suffix);
-                    return None;
+        let pair = match self.check(suffix, value) {
+            Ok(pair) => {
+                self.set_invalid(suffix, None);
+                pair
+            }
+            Err(why) => {
+                if self.set_invalid(suffix, Some(why.clone())) {
+                    tracing::warn!(cluster = %self.cluster, key = source_key, "skipping invalid ipcache entry: {why}");
                 }
-                _ => {
-                    self.invalid.lock().remove(suffix);
-                    pair
-                }
-            },
-            Err(e) => {
-                let first = self
-                    .invalid
-                    .lock()
-                    .insert(suffix.to_string(), e.to_string())
-                    .is_none();
-                if first {
-                    tracing::warn!(cluster = %self.cluster, key = source_key, error = %e, "skipping invalid ipcache entry");
-                }
-                self.decisions.lock().remove(suffix);
+                self.set_decision(suffix, None);
                 return None;
             }
         };
@@ -438,23 +453,29 @@ impl Mirror for ImportMirror {
         if matches!(verdict.decided_by, Decided::FailurePolicy { .. }) {
             self.failures
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.metrics
+                .import_failures
+                .get_or_create(&self.metrics.cluster(self.cluster.as_str()))
+                .inc();
         }
         let keep =
             verdict.decision.keeps() || self.shadow || self.pinned.lock().contains_key(suffix);
-        let recorded = RecordedDecision {
-            decision: verdict.decision,
-            decided_by: verdict.decided_by,
-            generation: verdict.generation,
-        };
-        self.decisions.lock().insert(suffix.to_string(), recorded);
+        self.set_decision(
+            suffix,
+            Some(RecordedDecision {
+                decision: verdict.decision,
+                decided_by: verdict.decided_by,
+                generation: verdict.generation,
+            }),
+        );
         keep.then(|| value.clone())
     }
     fn observe(&self, source_key: &str, value: Option<&Bytes>) {
         if value.is_none()
             && let Some(suffix) = source_key.strip_prefix(&self.source_prefix)
         {
-            self.decisions.lock().remove(suffix);
-            self.invalid.lock().remove(suffix);
+            self.set_decision(suffix, None);
+            self.set_invalid(suffix, None);
         }
     }
     fn rechecks(&self) -> Option<Arc<Rechecks>> {

@@ -17,11 +17,12 @@
 //! [`ReflectorLimits::max_entries`] is refused (never written), counted by reason in
 //! status and metrics, so a compromised or broken source cannot fill the target.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use bytes::Bytes;
 use etcd_client::Client;
+use meshfilter_api::ReflectorStatus;
 use meshfilter_etcd::{Backoff, Change, Entry, WatchEvent, Watcher};
 use parking_lot::Mutex;
 use tokio::sync::{Notify, watch};
@@ -120,30 +121,6 @@ impl Default for ReflectorLimits {
             max_value_bytes: 1 << 20,
         }
     }
-}
-
-/// Live counters of one reflector.
-#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ReflectorStatus {
-    /// The first list has been written and the canary is in place.
-    pub synced: bool,
-    /// Waiting for this source key (the source's own sync canary) before listing.
-    pub waiting_for: Option<String>,
-    /// Entries at the source (accepted).
-    pub source_entries: usize,
-    /// Entries written at the target.
-    pub target_entries: usize,
-    /// Lists done (1 plus every re-list).
-    pub lists: u64,
-    /// Source or target failures that led to a retry.
-    pub retries: u64,
-    /// Entries refused by a bound, by reason, since start.
-    pub refused: BTreeMap<String, u64>,
-    /// The etcd cluster ID the source is pinned to.
-    pub etcd_cluster_id: u64,
-    /// Last error, if the last attempt failed (bounded in length).
-    pub last_error: Option<String>,
 }
 
 /// Longest error text kept in status: an error may quote what a remote sent.

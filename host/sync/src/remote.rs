@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use etcd_client::Client;
+use meshfilter_api::{ReflectorStatus, RemoteStatus};
 use meshfilter_cilium::keys::{Resource, cluster_config_key};
 use meshfilter_cilium::{CiliumClusterConfig, ClusterName, KvstoreValue};
 use meshfilter_etcd::{Backoff, Change, EtcdConfig, WatchEvent, Watcher};
@@ -34,36 +35,10 @@ use crate::caches::{IdentityCache, NodeCache};
 use crate::drain::Disabled;
 use crate::error::SyncError;
 use crate::metrics::SyncMetrics;
-use crate::mirrors::{ImportMirror, ImportStats, VerbatimMirror};
-use crate::reflector::{
-    MAX_ERROR_CHARS, Mirror, Reflector, ReflectorLimits, ReflectorStatus, bounded,
-};
+use crate::mirrors::{ImportMirror, VerbatimMirror};
+use crate::reflector::{MAX_ERROR_CHARS, Mirror, Reflector, ReflectorLimits, bounded};
 use crate::target::TargetKeys;
 use crate::writer::TargetWriter;
-
-/// Status of one remote cluster.
-#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct RemoteStatus {
-    /// Cluster name.
-    pub cluster: String,
-    /// Connected and its cluster config read.
-    pub connected: bool,
-    /// Every reflector finished its first sync.
-    pub synced: bool,
-    /// Connection attempts that failed.
-    pub connect_failures: u64,
-    /// Last connection error (bounded in length).
-    pub last_error: Option<String>,
-    /// Times the remote's cluster config changed and everything was re-listed.
-    pub config_changes: u64,
-    /// Times the cached cluster config was written.
-    pub config_enforced: u64,
-    /// Per resource.
-    pub resources: BTreeMap<String, ReflectorStatus>,
-    /// What the import hook kept and filtered.
-    pub endpoints: ImportStats,
-}
 
 /// How one remote is mirrored.
 #[derive(Debug, Clone)]
@@ -251,6 +226,7 @@ impl RemoteCluster {
                     self.runtime.clone(),
                     nodes.clone(),
                     identities.clone(),
+                    self.metrics.clone(),
                     cancel.clone(),
                 );
                 endpoints.check_identity_range(remote_config.id, remote_config.capabilities.max_connected_clusters);

@@ -20,66 +20,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use meshfilter_api::{ResolveError, Resolved, ResolverCounters};
 use meshfilter_cilium::{ClusterName, Resource};
 use parking_lot::Mutex;
 use tokio::sync::OnceCell;
 
+use crate::metrics::SyncMetrics;
 use crate::reflector::ReflectorLimits;
 use crate::remote::RemoteStatusHandle;
 use crate::writer::TargetWriter;
 
-/// A resolved endpoint.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Resolved {
-    /// The cluster that owns it.
-    pub cluster: String,
-    /// Its key in the local cache.
-    pub key: String,
-    /// Its value, verbatim.
-    pub value: String,
-}
-
-/// Why an address was not resolved.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize)]
-#[serde(tag = "reason", rename_all = "kebab-case")]
-pub enum ResolveError {
-    /// No remote cluster has it.
-    #[error("{ip} is not an endpoint of any remote cluster")]
-    NotFound {
-        /// The address.
-        ip: IpAddr,
-    },
-    /// It was not found recently; not asked again until the negative entry expires.
-    #[error("{ip} was not found recently (negative-cached)")]
-    NegativeCached {
-        /// The address.
-        ip: IpAddr,
-    },
-    /// Too many fetches per second.
-    #[error("resolution rate limit reached")]
-    RateLimited,
-    /// It was found, but the entry is not one the mirror would accept.
-    #[error("{ip} was found in {cluster}, but its entry is invalid")]
-    Invalid {
-        /// The address.
-        ip: IpAddr,
-        /// Where it was found.
-        cluster: String,
-    },
-    /// It was found but could not be written into the local cache.
-    #[error("{ip} was found in {cluster} but could not be written into the local cache")]
-    NotInstalled {
-        /// The address.
-        ip: IpAddr,
-        /// Where it was found.
-        cluster: String,
-    },
-}
-
-/// Counters of the resolver.
-#[derive(Debug, Default, serde::Serialize)]
-#[serde(rename_all = "camelCase")]
+/// Counters of the resolver, counted as things happen ([`Resolver::counters`] reads them).
+#[derive(Debug, Default)]
 pub struct ResolverStats {
     /// Requests received.
     pub requests: AtomicU64,
@@ -174,6 +126,7 @@ pub struct Resolver {
     inflight: Mutex<HashMap<IpAddr, Inflight>>,
     negative: Mutex<HashMap<IpAddr, Instant>>,
     stats: ResolverStats,
+    metrics: SyncMetrics,
 }
 
 impl Resolver {
@@ -182,6 +135,7 @@ impl Resolver {
         remotes: RemoteList,
         writer: Arc<TargetWriter>,
         config: ResolverConfig,
+        metrics: SyncMetrics,
     ) -> Arc<Resolver> {
         let rate = f64::from(config.per_second.max(1));
         Arc::new(Resolver {
@@ -193,12 +147,30 @@ impl Resolver {
             inflight: Mutex::default(),
             negative: Mutex::default(),
             stats: ResolverStats::default(),
+            metrics,
         })
     }
 
     /// Counters.
     pub fn stats(&self) -> &ResolverStats {
         &self.stats
+    }
+
+    /// The counters as `/status` shows them.
+    pub fn counters(&self) -> ResolverCounters {
+        let s = &self.stats;
+        let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        ResolverCounters {
+            requests: n(&s.requests),
+            deduplicated: n(&s.deduplicated),
+            negative_hits: n(&s.negative_hits),
+            rate_limited: n(&s.rate_limited),
+            client_rate_limited: n(&s.client_rate_limited),
+            remote_reads: n(&s.remote_reads),
+            remote_errors: n(&s.remote_errors),
+            refused: n(&s.refused),
+            resolved: n(&s.resolved),
+        }
     }
 
     /// How long a found entry stays pinned.
@@ -212,13 +184,11 @@ impl Resolver {
         ip: IpAddr,
         client: Option<IpAddr>,
     ) -> Result<Resolved, ResolveError> {
-        self.stats.requests.fetch_add(1, Ordering::Relaxed);
+        self.count(&self.stats.requests, "request");
         if let Some(client) = client
             && !self.client_token(client)
         {
-            self.stats
-                .client_rate_limited
-                .fetch_add(1, Ordering::Relaxed);
+            self.count(&self.stats.client_rate_limited, "client-rate-limited");
             return Err(ResolveError::RateLimited);
         }
         if self
@@ -227,14 +197,14 @@ impl Resolver {
             .get(&ip)
             .is_some_and(|until| *until > Instant::now())
         {
-            self.stats.negative_hits.fetch_add(1, Ordering::Relaxed);
+            self.count(&self.stats.negative_hits, "negative-hit");
             return Err(ResolveError::NegativeCached { ip });
         }
         let cell = {
             let mut inflight = self.inflight.lock();
             match inflight.get(&ip) {
                 Some(c) => {
-                    self.stats.deduplicated.fetch_add(1, Ordering::Relaxed);
+                    self.count(&self.stats.deduplicated, "deduplicated");
                     c.clone()
                 }
                 None => inflight.entry(ip).or_default().clone(),
@@ -259,6 +229,12 @@ impl Resolver {
         self.negative.lock().retain(|_, until| *until > now);
     }
 
+    /// Counts one event in status and in metrics.
+    fn count(&self, counter: &AtomicU64, outcome: &'static str) {
+        counter.fetch_add(1, Ordering::Relaxed);
+        self.metrics.resolved(outcome);
+    }
+
     fn client_token(&self, client: IpAddr) -> bool {
         let rate = f64::from(self.config.per_client_per_second.max(1));
         let mut clients = self.clients.lock();
@@ -279,7 +255,7 @@ impl Resolver {
     async fn fetch(&self, ip: IpAddr) -> Result<Resolved, ResolveError> {
         let rate = f64::from(self.config.per_second.max(1));
         if !self.bucket.lock().take(rate) {
-            self.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
+            self.count(&self.stats.rate_limited, "rate-limited");
             return Err(ResolveError::RateLimited);
         }
         let mut remotes = (self.remotes)();
@@ -291,7 +267,7 @@ impl Resolver {
             else {
                 continue;
             };
-            self.stats.remote_reads.fetch_add(1, Ordering::Relaxed);
+            self.count(&self.stats.remote_reads, "remote-read");
             let mut kv = client.kv_client();
             let read = kv.get(
                 format!("{prefix}{key_ip}"),
@@ -300,12 +276,12 @@ impl Resolver {
             let resp = match tokio::time::timeout(self.config.remote_timeout, read).await {
                 Ok(Ok(resp)) => resp,
                 Ok(Err(e)) => {
-                    self.stats.remote_errors.fetch_add(1, Ordering::Relaxed);
+                    self.count(&self.stats.remote_errors, "remote-error");
                     tracing::debug!(%ip, %cluster, error = %e, "remote read failed");
                     continue;
                 }
                 Err(_) => {
-                    self.stats.remote_errors.fetch_add(1, Ordering::Relaxed);
+                    self.count(&self.stats.remote_errors, "remote-error");
                     tracing::debug!(%ip, %cluster, "remote read timed out");
                     continue;
                 }
@@ -323,7 +299,7 @@ impl Resolver {
                 mirror.validate(&key_ip, &value)
             };
             if let Err(why) = checked {
-                self.stats.refused.fetch_add(1, Ordering::Relaxed);
+                self.count(&self.stats.refused, "refused");
                 tracing::warn!(%ip, %cluster, why, "refusing a resolved entry the mirror would not accept");
                 return Err(ResolveError::Invalid {
                     ip,
@@ -340,7 +316,7 @@ impl Resolver {
                         Instant::now() + self.config.pin_ttl,
                         created.map(|lease| (value.clone(), lease)),
                     );
-                    self.stats.resolved.fetch_add(1, Ordering::Relaxed);
+                    self.count(&self.stats.resolved, "resolved");
                     Ok(Resolved {
                         cluster: cluster.to_string(),
                         key,

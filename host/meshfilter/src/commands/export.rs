@@ -6,21 +6,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use axum::Router;
-use axum::extract::State;
-use axum::http::StatusCode;
-use axum::routing::get;
+use meshfilter_admin::{Admin, ServerLimits};
 use meshfilter_etcd::Backoff;
-use meshfilter_filter_runtime::FilterRuntime;
-use meshfilter_k8s_source::{KubernetesExport, KubernetesStatusHandle};
+use meshfilter_k8s_source::{KubernetesExport, KubernetesStatusHandle, SourceMetrics};
 use meshfilter_sync::{
-    ExportCluster, ExportStats, ExportStatusHandle, LeaderLock, SyncMetrics, TargetWriter,
-    WriterConfig,
+    ExportCluster, ExportStatusHandle, LeaderLock, SyncMetrics, TargetWriter, WriterConfig,
 };
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::registry::Registry;
+use parking_lot::Mutex;
 use serde_json::json;
 
 use crate::cli::ExportArgs;
@@ -62,20 +54,12 @@ impl Exporting {
     }
 }
 
-struct Shared {
-    runtime: Arc<FilterRuntime>,
-    exporting: Exporting,
-    registry: Registry,
-    metrics: ExportMetrics,
-}
-
 pub fn run(args: &ExportArgs) -> anyhow::Result<ExitCode> {
     let config = ExportConfig::load(&args.config)?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("meshfilter")
-        .build()?;
-    rt.block_on(serve(config))?;
+    if args.check {
+        return super::serve::checked(&config.filters, config.locality(), "export");
+    }
+    super::serve::runtime()?.block_on(serve(config))?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -83,23 +67,49 @@ async fn serve(config: ExportConfig) -> anyhow::Result<()> {
     let cancel = super::serve::shutdown_on_signal();
     let (runtime, mut registry, _watch) =
         super::serve::load_filters(&config.filters, config.locality())?;
-    let metrics = ExportMetrics::default();
-    metrics.register(&mut registry);
     let sync_metrics = SyncMetrics::default();
     sync_metrics.register(&mut registry);
-    let target = super::mesh::connect_with_retry(&config.export_etcd, "export", &cancel).await?;
+    let source_metrics = SourceMetrics::default();
+    source_metrics.register(&mut registry);
+
+    // Served from the start: a standby replica answers too (and is not ready).
+    let exporting: Arc<Mutex<Option<Exporting>>> = Arc::default();
+    let (ready, status) = (exporting.clone(), exporting.clone());
+    let status_runtime = runtime.clone();
+    let admin = Admin::new(
+        registry,
+        move || match &*ready.lock() {
+            Some(e) if e.synced() => Ok(()),
+            Some(_) => Err("not synced yet".into()),
+            None => Err("standby: waiting for the export lock".into()),
+        },
+        move || {
+            let mut status = match &*status.lock() {
+                Some(e) => e.status(),
+                None => json!({"standby": true}),
+            };
+            status["filters"] = serde_json::to_value(status_runtime.info()).unwrap_or_default();
+            status
+        },
+    );
+    let server = meshfilter_admin::bind_and_serve(
+        config.listen,
+        admin,
+        axum::Router::new(),
+        ServerLimits::default(),
+        cancel.clone(),
+    )
+    .await
+    .with_context(|| format!("listen: {}", config.listen))?;
+
+    let target = super::serve::connect(&config.export_etcd, "export", &cancel).await?;
     // Replicas take turns: only the holder of the export lock writes, fenced by it.
     let Some(lock) =
         LeaderLock::acquire(&target, EXPORT_LOCK, config.sync.lock_ttl, &cancel).await?
     else {
+        let _ = server.await;
         return Ok(());
     };
-    let lost = lock.lost();
-    let lock_cancel = cancel.clone();
-    tokio::spawn(async move {
-        lost.cancelled().await;
-        lock_cancel.cancel();
-    });
     let writer = TargetWriter::new(
         target,
         "export",
@@ -111,20 +121,14 @@ async fn serve(config: ExportConfig) -> anyhow::Result<()> {
         sync_metrics.clone(),
         cancel.clone(),
     );
-    let fenced = writer.fenced();
-    let fence_cancel = cancel.clone();
-    tokio::spawn(async move {
-        fenced.cancelled().await;
-        fence_cancel.cancel();
-    });
-    let (task, exporting) = match &config.source {
+    let (task, running) = match &config.source {
         ExportSource::Etcd(etcd) => {
-            let source = super::mesh::connect_with_retry(etcd, "source", &cancel).await?;
+            let source = super::serve::connect(etcd, "source", &cancel).await?;
             let status = ExportStatusHandle::default();
             let exporter = ExportCluster::new(
                 config.cluster_name.clone(),
                 source,
-                writer,
+                writer.clone(),
                 runtime.clone(),
                 Backoff::default(),
                 sync_metrics.clone(),
@@ -137,169 +141,35 @@ async fn serve(config: ExportConfig) -> anyhow::Result<()> {
             let exporter = KubernetesExport::new(
                 cluster.clone(),
                 client,
-                writer,
+                writer.clone(),
                 runtime.clone(),
                 Backoff::default(),
+                source_metrics,
+                sync_metrics.clone(),
             );
             let status = exporter.status_handle();
             let task = tokio::spawn(exporter.run(cancel.clone()));
             (task, Exporting::Kubernetes(status))
         }
     };
+    *exporting.lock() = Some(running);
     tracing::info!(cluster = %config.cluster_name, source = config.source.kind(), "exporting");
 
-    let shared = Arc::new(Shared {
-        runtime,
-        exporting,
-        registry,
-        metrics,
-    });
-    let app = Router::new()
-        .route("/metrics", get(metrics_text))
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(ready))
-        .route("/status", get(status_json))
-        .with_state(shared);
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("listen: {}", config.listen))?;
-    tracing::info!(listen = %config.listen, "serving /metrics /healthz /readyz /status");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(cancel.clone().cancelled_owned())
-        .await?;
+    let (lock_lost, fenced) = (lock.lost(), writer.fenced());
+    let lost = tokio::select! {
+        _ = cancel.cancelled() => None,
+        _ = lock_lost.cancelled() => Some("the export lock's lease was lost"),
+        _ = fenced.cancelled() => Some("a write was refused by the export lock's fence"),
+    };
+    cancel.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
-    lock.release().await;
-    Ok(())
-}
-
-async fn ready(State(shared): State<Arc<Shared>>) -> (StatusCode, &'static str) {
-    if shared.exporting.synced() {
-        (StatusCode::OK, "ready")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not synced yet")
-    }
-}
-
-async fn status_json(State(shared): State<Arc<Shared>>) -> axum::Json<serde_json::Value> {
-    let mut status = shared.exporting.status();
-    status["filters"] = serde_json::to_value(shared.runtime.info()).unwrap_or_default();
-    axum::Json(status)
-}
-
-async fn metrics_text(State(shared): State<Arc<Shared>>) -> (StatusCode, String) {
-    shared.metrics.refresh(&shared.exporting);
-    let mut out = String::new();
-    match prometheus_client::encoding::text::encode(&mut out, &shared.registry) {
-        Ok(()) => (StatusCode::OK, out),
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    }
-}
-
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ScopeLabel {
-    scope: String,
-}
-
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ResourceLabel {
-    resource: String,
-}
-
-/// Gauges of `meshfilter export`, set from the live status at every scrape (the status
-/// handles are the single source of truth).
-#[derive(Debug, Clone, Default)]
-struct ExportMetrics {
-    synced: Gauge,
-    exported: Family<ScopeLabel, Gauge>,
-    skipped: Gauge,
-    invalid: Gauge,
-    retries: Family<ResourceLabel, Gauge>,
-    lists: Family<ResourceLabel, Gauge>,
-    malformed: Family<ResourceLabel, Gauge>,
-}
-
-impl ExportMetrics {
-    /// Registers every metric under `meshfilter_export_*`.
-    fn register(&self, registry: &mut Registry) {
-        let r = registry.sub_registry_with_prefix("meshfilter_export");
-        r.register(
-            "synced",
-            "The first complete sync is written and its canaries are in place",
-            self.synced.clone(),
-        );
-        r.register(
-            "endpoints_exported",
-            "Endpoint entries exported, by scope",
-            self.exported.clone(),
-        );
-        r.register(
-            "endpoints_skipped",
-            "Endpoint entries kept in (by the export hook, or without a Pod)",
-            self.skipped.clone(),
-        );
-        r.register(
-            "endpoints_invalid",
-            "Endpoints that could not be read, skipped",
-            self.invalid.clone(),
-        );
-        r.register(
-            "retries",
-            "Failures that led to a retry, by source resource (`write`: export etcd writes)",
-            self.retries.clone(),
-        );
-        r.register(
-            "lists",
-            "Complete lists of a watched Kubernetes resource (more than one: re-listed)",
-            self.lists.clone(),
-        );
-        r.register(
-            "objects_malformed",
-            "Kubernetes objects whose body could not be read, skipped",
-            self.malformed.clone(),
-        );
-    }
-
-    /// Sets every gauge from the export's status.
-    fn refresh(&self, exporting: &Exporting) {
-        self.synced.set(i64::from(exporting.synced()));
-        self.retries.clear();
-        let stats: ExportStats = match exporting {
-            Exporting::Etcd(s) => {
-                for (name, r) in s.resources() {
-                    self.retries
-                        .get_or_create(&ResourceLabel { resource: name })
-                        .set(r.retries as i64);
-                }
-                s.stats()
-            }
-            Exporting::Kubernetes(s) => {
-                let status = s.status();
-                for (name, w) in &status.resources {
-                    let label = ResourceLabel {
-                        resource: name.clone(),
-                    };
-                    self.retries.get_or_create(&label).set(w.errors as i64);
-                    self.lists.get_or_create(&label).set(w.lists as i64);
-                    self.malformed.get_or_create(&label).set(w.malformed as i64);
-                }
-                self.retries
-                    .get_or_create(&ResourceLabel {
-                        resource: "write".into(),
-                    })
-                    .set(status.retries as i64);
-                status.endpoints
-            }
-        };
-        self.exported.clear();
-        for (scope, n) in &stats.exported {
-            self.exported
-                .get_or_create(&ScopeLabel {
-                    scope: scope.clone(),
-                })
-                .set(*n as i64);
+    let _ = server.await;
+    match lost {
+        // Exit with an error: the pod restarts and waits for the lock as a standby.
+        Some(why) => anyhow::bail!("no longer the exporter: {why}"),
+        None => {
+            lock.release().await;
+            Ok(())
         }
-        self.skipped
-            .set(stats.skipped.values().sum::<usize>() as i64);
-        self.invalid.set(stats.invalid as i64);
     }
 }

@@ -8,7 +8,6 @@ mod demo;
 mod demo_mesh;
 mod export;
 mod mesh;
-mod mesh_metrics;
 mod node;
 mod serve;
 mod test;

@@ -7,33 +7,21 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
-use axum::extract::State;
-use axum::http::StatusCode;
-use axum::routing::get;
+use meshfilter_admin::{Admin, ServerLimits};
 use meshfilter_node::{
     AgentConfig, Datapath, DatapathConfig, IpcacheMode, MeshView, NodeAgent, NodeMetrics,
     Resolvers, StaticCidr,
 };
-use prometheus_client::registry::Registry;
 
 use crate::cli::NodeArgs;
 use crate::node_config::{NodeConfig, NodeMode};
 
-struct Shared {
-    agent: Arc<NodeAgent>,
-    /// Whether readiness waits for the local cache to be listed.
-    follows_cache: bool,
-    registry: Registry,
-    metrics: NodeMetrics,
-}
-
 pub fn run(args: &NodeArgs) -> anyhow::Result<ExitCode> {
     let config = NodeConfig::load(&args.config)?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("meshfilter-node")
-        .build()?;
-    rt.block_on(serve(config))?;
+    if args.check {
+        return super::serve::checked(&config.filters, config.cluster.locality(), "node");
+    }
+    super::serve::runtime()?.block_on(serve(config))?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -62,7 +50,7 @@ async fn serve(config: NodeConfig) -> anyhow::Result<()> {
     metrics.register(&mut registry);
 
     let local = match &config.local_etcd {
-        Some(etcd) => Some(super::mesh::connect_with_retry(etcd, "local", &cancel).await?),
+        Some(etcd) => Some(super::serve::connect(etcd, "local", &cancel).await?),
         None => None,
     };
     let static_cidrs = config
@@ -108,25 +96,34 @@ async fn serve(config: NodeConfig) -> anyhow::Result<()> {
     }
     let agent_task = tokio::spawn(agent.clone().run(cancel.clone()));
 
-    let shared = Arc::new(Shared {
-        agent,
-        follows_cache: view_task.is_some(),
+    let follows_cache = view_task.is_some();
+    let (ready_agent, status_agent, scrape_agent) = (agent.clone(), agent.clone(), agent.clone());
+    let admin = Admin::new(
         registry,
-        metrics,
-    });
-    let app = Router::new()
-        .route("/metrics", get(metrics_handler))
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(ready))
-        .route("/status", get(status))
-        .with_state(shared.clone());
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("listen: {}", config.listen))?;
+        move || {
+            let status = ready_agent.status();
+            if status.attachments.is_empty() {
+                Err("not attached".into())
+            } else if follows_cache && !status.view.synced {
+                Err("local cache not listed yet".into())
+            } else {
+                Ok(())
+            }
+        },
+        move || status_agent.status(),
+    )
+    .collect_before_scrape(move || metrics.refresh(&scrape_agent));
     tracing::info!(listen = %config.listen, program_id = datapath.program_id(), "node agent running");
-    let server =
-        axum::serve(listener, app).with_graceful_shutdown(cancel.clone().cancelled_owned());
-    server.await.context("HTTP server")?;
+    let server = meshfilter_admin::bind_and_serve(
+        config.listen,
+        admin,
+        Router::new(),
+        ServerLimits::default(),
+        cancel.clone(),
+    )
+    .await
+    .with_context(|| format!("listen: {}", config.listen))?;
+    let _ = server.await;
 
     cancel.cancel();
     match tokio::time::timeout(Duration::from_secs(5), agent_task).await {
@@ -137,7 +134,7 @@ async fn serve(config: NodeConfig) -> anyhow::Result<()> {
     if let Some(task) = view_task {
         let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
     }
-    drop(shared);
+    drop(agent);
     // Detach explicitly so the log says so; dropping the datapath would do it too.
     datapath.detach_all();
     tracing::info!("node agent stopped");
@@ -150,18 +147,10 @@ async fn connect_remotes(
     dir: &std::path::Path,
 ) -> anyhow::Result<std::collections::BTreeMap<String, etcd_client::Client>> {
     let mut remotes = std::collections::BTreeMap::new();
-    let entries =
-        std::fs::read_dir(dir).with_context(|| format!("clustersDir: {}", dir.display()))?;
-    for entry in entries {
-        let path = entry?.path();
-        let Some(name) = path.file_name().and_then(|n| n.to_str()).map(str::to_owned) else {
-            continue;
-        };
-        if name.starts_with('.') || !path.is_file() {
-            continue;
-        }
-        let etcd = meshfilter_etcd::EtcdConfig::from_file(&path)
-            .with_context(|| format!("clustersDir: {}", path.display()))?;
+    for (name, etcd) in meshfilter_etcd::scan_clusters_dir(dir, None)
+        .with_context(|| format!("clustersDir: {}", dir.display()))?
+    {
+        let etcd = etcd.with_context(|| format!("clustersDir: {name}"))?;
         match etcd.connect(&name).await {
             Ok(client) => {
                 remotes.insert(name, client);
@@ -172,35 +161,4 @@ async fn connect_remotes(
         }
     }
     Ok(remotes)
-}
-
-async fn metrics_handler(State(shared): State<Arc<Shared>>) -> (StatusCode, String) {
-    shared.metrics.refresh(&shared.agent);
-    let mut out = String::new();
-    match prometheus_client::encoding::text::encode(&mut out, &shared.registry) {
-        Ok(()) => (StatusCode::OK, out),
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    }
-}
-
-async fn ready(State(shared): State<Arc<Shared>>) -> (StatusCode, &'static str) {
-    let status = shared.agent.status();
-    if status.attachments.is_empty() {
-        (StatusCode::SERVICE_UNAVAILABLE, "not attached")
-    } else if shared.follows_cache && !status.view.synced {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "local cache not listed yet",
-        )
-    } else {
-        (StatusCode::OK, "ready")
-    }
-}
-
-async fn status(State(shared): State<Arc<Shared>>) -> (StatusCode, String) {
-    let status = shared.agent.status();
-    (
-        StatusCode::OK,
-        serde_json::to_string_pretty(&status).unwrap_or_default(),
-    )
 }

@@ -1,5 +1,5 @@
-//! What every long-running role shares: shutdown on SIGTERM/SIGINT and the filter
-//! runtime with its metrics registry.
+//! What every long-running role shares: its tokio runtime, shutdown on SIGTERM/SIGINT,
+//! connecting its own etcd, the filter runtime with its metrics registry, and `--check`.
 
 use std::time::Duration;
 
@@ -13,6 +13,65 @@ use tokio_util::sync::CancellationToken;
 
 use crate::builtin;
 use crate::config::FiltersSection;
+
+/// The multi-threaded runtime every role runs on.
+pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("meshfilter")
+        .build()?)
+}
+
+/// Connects one of the role's own etcds (`name`: local, export, source), retrying until it
+/// answers or the role is shut down.
+pub async fn connect(
+    etcd: &meshfilter_etcd::EtcdConfig,
+    name: &str,
+    cancel: &CancellationToken,
+) -> anyhow::Result<etcd_client::Client> {
+    match etcd
+        .connect_with_retry(name, &mut meshfilter_etcd::Backoff::default(), cancel)
+        .await
+    {
+        Some(client) => Ok(client),
+        None => anyhow::bail!("shut down before the {name} etcd answered"),
+    }
+}
+
+/// `--check`: the config parsed and validated (the caller did that), and its filters load
+/// (modules read, pins matched, each module's `configure` accepts its config, self-tests
+/// pass), without connecting anywhere.
+pub fn checked(
+    filters: &FiltersSection,
+    local: Locality,
+    role: &str,
+) -> anyhow::Result<std::process::ExitCode> {
+    let runtime = FilterRuntime::new(
+        RuntimeConfig {
+            engine: EngineConfig::default(),
+            source: module_source(filters),
+            pins: filters.pins.clone(),
+            local,
+        },
+        FilterMetrics::default(),
+    )
+    .context("filters")?;
+    let info = runtime.info();
+    println!(
+        "meshfilter {role}: config ok; filters ok (generation {}, {} module{})",
+        info.generation,
+        info.modules.len(),
+        if info.modules.len() == 1 { "" } else { "s" }
+    );
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+fn module_source(filters: &FiltersSection) -> ModuleSource {
+    match &filters.directory {
+        Some(dir) => ModuleSource::Directory(dir.clone()),
+        None => ModuleSource::Builtin(builtin::default_set(filters.config.clone())),
+    }
+}
 
 /// A token cancelled on SIGTERM or SIGINT: every task of the role watches it.
 pub fn shutdown_on_signal() -> CancellationToken {
@@ -40,10 +99,7 @@ pub fn load_filters(
     let mut registry = Registry::default();
     let metrics = FilterMetrics::default();
     metrics.register(&mut registry);
-    let source = match &filters.directory {
-        Some(dir) => ModuleSource::Directory(dir.clone()),
-        None => ModuleSource::Builtin(builtin::default_set(filters.config.clone())),
-    };
+    let source = module_source(filters);
     let runtime = tokio::task::block_in_place(|| {
         FilterRuntime::new(
             RuntimeConfig {
