@@ -276,6 +276,21 @@ impl TargetWriter {
         leases
     }
 
+    /// The leases as `/status` shows them.
+    pub fn status(&self) -> meshfilter_api::WriterStatus {
+        meshfilter_api::WriterStatus {
+            lease_ttl_seconds: self.config.lease_ttl.as_secs(),
+            leases: self
+                .leases()
+                .into_iter()
+                .map(|l| meshfilter_api::LeaseStatus {
+                    id: l.id,
+                    keys: l.keys,
+                })
+                .collect(),
+        }
+    }
+
     /// The IDs of this writer's live leases: a key on any other lease must be written
     /// again.
     pub fn live_leases(&self) -> HashSet<i64> {

@@ -74,7 +74,8 @@ async fn serve(config: ExportConfig) -> anyhow::Result<()> {
 
     // Served from the start: a standby replica answers too (and is not ready).
     let exporting: Arc<Mutex<Option<Exporting>>> = Arc::default();
-    let (ready, status) = (exporting.clone(), exporting.clone());
+    let writing: Arc<Mutex<Option<Arc<TargetWriter>>>> = Arc::default();
+    let (ready, status, status_writer) = (exporting.clone(), exporting.clone(), writing.clone());
     let status_runtime = runtime.clone();
     let admin = Admin::new(
         registry,
@@ -89,6 +90,9 @@ async fn serve(config: ExportConfig) -> anyhow::Result<()> {
                 None => json!({"standby": true}),
             };
             status["filters"] = serde_json::to_value(status_runtime.info()).unwrap_or_default();
+            if let Some(w) = &*status_writer.lock() {
+                status["writer"] = serde_json::to_value(w.status()).unwrap_or_default();
+            }
             status
         },
     );
@@ -153,6 +157,7 @@ async fn serve(config: ExportConfig) -> anyhow::Result<()> {
         }
     };
     *exporting.lock() = Some(running);
+    *writing.lock() = Some(writer.clone());
     tracing::info!(cluster = %config.cluster_name, source = config.source.kind(), "exporting");
 
     let (lock_lost, fenced) = (lock.lost(), writer.fenced());

@@ -24,9 +24,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use meshfilter_api::{
-    FilterSummary, LeaseStatus, MeshStatus, ResolveError, Resolved, WriterStatus,
-};
+use meshfilter_api::{FilterSummary, MeshStatus, ResolveError, Resolved};
 use meshfilter_cilium::ClusterName;
 use meshfilter_cilium::keys::{HEARTBEAT_KEY, KVSTOREMESH_LOCK_KEY};
 use meshfilter_etcd::{Backoff, EtcdConfig};
@@ -324,17 +322,7 @@ impl MeshHandle {
             .writer
             .lock()
             .as_ref()
-            .map(|w| WriterStatus {
-                lease_ttl_seconds: w.lease_ttl().as_secs(),
-                leases: w
-                    .leases()
-                    .into_iter()
-                    .map(|l| LeaseStatus {
-                        id: l.id,
-                        keys: l.keys,
-                    })
-                    .collect(),
-            })
+            .map(|w| w.status())
             .unwrap_or_default();
         MeshStatus {
             cluster: state.cluster.to_string(),
