@@ -158,3 +158,30 @@ pub async fn list(client: &Client, prefix: &str) -> Vec<(String, String)> {
         })
         .collect()
 }
+
+/// Every key under `prefix` with the lease it is attached to (0: none), sorted by key.
+pub async fn list_leases(client: &Client, prefix: &str) -> Vec<(String, i64)> {
+    let mut kv = client.kv_client();
+    let resp = kv
+        .get(prefix, Some(etcd_client::GetOptions::new().with_prefix()))
+        .await
+        .expect("get");
+    resp.kvs()
+        .iter()
+        .map(|kv| (kv.key_str().unwrap().to_string(), kv.lease()))
+        .collect()
+}
+
+/// Revokes every lease of `client`'s etcd except `keep`, as etcd does when their TTL runs
+/// out; returns how many were revoked.
+pub async fn revoke_leases_except(client: &Client, keep: &[i64]) -> usize {
+    let mut leases = client.lease_client();
+    let mut revoked = 0;
+    for lease in leases.leases().await.expect("list leases").leases() {
+        if !keep.contains(&lease.id()) {
+            leases.revoke(lease.id()).await.expect("revoke");
+            revoked += 1;
+        }
+    }
+    revoked
+}

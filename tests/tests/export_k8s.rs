@@ -493,8 +493,12 @@ async fn exports_exactly_the_opted_in_endpoints_with_cilium_values() {
     // Every endpoint with a Pod publishes its identity, exported or not (7 of 8: the
     // orphan endpoint has no Pod).
     assert_eq!(status.written["identities"], 7);
-    assert_eq!(status.resources["ciliumendpoints"].objects, 8);
-    assert_eq!(status.resources["pods"].objects, 7);
+    assert_eq!(status.resources["ciliumendpoints"].objects, 9);
+    assert_eq!(status.resources["pods"].objects, 8);
+    // legacy/escape-0 is labelled sync=true, but its namespace opted out: the label never
+    // overrides the namespace, and a namespace that opted out publishes no identity.
+    assert_eq!(export.endpoint("10.244.1.95").await, None);
+    assert_eq!(export.identity(458779).await, None);
     export.stop().await;
 }
 

@@ -219,3 +219,80 @@ async fn export_then_mesh_carries_only_what_both_sides_allow() {
             .unwrap();
     }
 }
+
+/// The export copies the source's cluster config verbatim, so it must mirror exactly the
+/// resources that config advertises: endpoint slices when the source runs service v2 (a
+/// consumer waits for their canary), and nothing of them otherwise (what an earlier run
+/// wrote is drained).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_export_mirrors_what_the_copied_config_advertises() {
+    let engine = FilterEngine::new(Default::default()).unwrap();
+    for (mode, exported) in [("services-and-endpointslices", true), ("", false)] {
+        let apiserver = EtcdServer::start("apiserver");
+        let export = EtcdServer::start("export");
+        let us = SourceCluster::new("prod-us-1", 3, "us-east-1", "us-east-1a");
+        let source = etcd_client::Client::connect([apiserver.endpoint()], None)
+            .await
+            .unwrap();
+        let config = serde_json::json!({"id": 3, "capabilities": {"syncedCanaries": true,
+            "maxConnectedClusters": 255, "endpointSlicesExportMode": mode}});
+        let slice = "cilium/state/endpointslices/v1/prod-us-1/shop/web-abc12";
+        let mut kvs = vec![
+            (
+                "cilium/cluster-config/prod-us-1".to_string(),
+                config.to_string(),
+            ),
+            us.node_kv(0),
+            (slice.to_string(), "opaque slice bytes".to_string()),
+        ];
+        kvs.extend(us.synced_kvs());
+        kvs.push((
+            "cilium/synced/prod-us-1/cilium/state/endpointslices/v1".into(),
+            "2026-11-30T00:00:00Z".into(),
+        ));
+        put_all(&source, kvs).await;
+        let cancel = CancellationToken::new();
+        let (export_client, writer) = writer_into(&export, "export", &cancel).await;
+        // What an earlier run left under endpoint slices.
+        put_all(
+            &export_client,
+            [(
+                "cilium/state/endpointslices/v1/prod-us-1/shop/stale".to_string(),
+                "old".to_string(),
+            )],
+        )
+        .await;
+        let status = ExportStatusHandle::default();
+        let exporter = ExportCluster::new(
+            ClusterName::new("prod-us-1").unwrap(),
+            source,
+            writer,
+            runtime(&engine, Locality::cluster("prod-us-1")),
+            Backoff::new(Duration::from_millis(50), Duration::from_millis(500)),
+            SyncMetrics::default(),
+        );
+        let task = tokio::spawn(exporter.run(cancel.clone(), status.clone()));
+        eventually("export synced", async || {
+            status.synced().then_some(()).ok_or("not yet".into())
+        })
+        .await;
+        let slices = list(&export_client, "cilium/state/endpointslices/v1/").await;
+        if exported {
+            assert_eq!(
+                slices,
+                [(slice.to_string(), "opaque slice bytes".to_string())],
+                "{mode}: endpoint slices mirrored, the stale one swept"
+            );
+        } else {
+            assert!(slices.is_empty(), "{mode}: no endpoint slices: {slices:?}");
+        }
+        let config_out = list(&export_client, "cilium/cluster-config/prod-us-1").await;
+        assert_eq!(
+            config_out[0].1,
+            config.to_string(),
+            "config copied verbatim"
+        );
+        cancel.cancel();
+        let _ = task.await;
+    }
+}

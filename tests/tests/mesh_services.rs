@@ -81,6 +81,14 @@ async fn endpoint_slices_and_services_follow_the_remotes_export_mode() {
 
     let cancel = CancellationToken::new();
     let (client, writer) = writer_into(&local, "mesh", &cancel).await;
+    // An earlier session (before v2only switched to endpoint slices only) left a legacy
+    // service in the cache: it must be drained.
+    let stale = "cilium/cache/services/v1/v2only/shop/old";
+    client
+        .kv_client()
+        .put(stale, r#"{"cluster":"v2only","name":"old"}"#, None)
+        .await
+        .unwrap();
     let runtime = cfp_scope_runtime(Locality::cluster("local"));
     let mut tasks = Vec::new();
     for (c, etcd) in [(&both, &etcd_both), (&v2, &etcd_v2)] {
@@ -119,6 +127,10 @@ async fn endpoint_slices_and_services_follow_the_remotes_export_mode() {
             .await
             .is_none(),
         "endpointslices-only: no legacy services"
+    );
+    assert!(
+        get(&client, stale).await.is_none(),
+        "what an earlier session left under the disabled resource is drained"
     );
     // ...but their canary, as kvstoremesh writes it for a disabled reflector: agents wait
     // for every canary before they call the remote ready.

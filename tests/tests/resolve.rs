@@ -150,3 +150,97 @@ async fn futures_join(
     }
     out
 }
+
+/// Resolving an address the mirror already holds changes nothing: the key keeps its value
+/// and the mirror's lease (a resolve must never move a key onto a pin-length lease that
+/// would delete it when the pin ends). An entry the mirror would refuse is not written.
+/// One client over its rate cannot starve another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resolve_never_takes_a_key_from_the_mirror_and_writes_only_valid_entries() {
+    use meshfilter_tests::cilium_data::list_leases;
+
+    let local_etcd = EtcdServer::start("local");
+    let remote_etcd = EtcdServer::start("remote");
+    let c = SourceCluster::new("remote", 8, "eu-west-1", "eu-west-1a");
+    let remote = etcd_client::Client::connect([remote_etcd.endpoint()], None)
+        .await
+        .unwrap();
+    let mut kvs = c.one_pod(Some("global"));
+    // An entry whose identity belongs to cluster 9, not 8: agents would drop it.
+    let mut foreign = c.endpoint_kv(0, 1, 0, Some("regional"));
+    foreign.1 = foreign
+        .1
+        .replace(&c.identity(0).to_string(), &((9 << 16) + 256).to_string());
+    kvs.push(foreign);
+    put_all(&remote, kvs).await;
+    let rt = cfp_scope_runtime(Locality {
+        cluster: "local".into(),
+        zone: None,
+        region: Some("us-east-1".into()),
+    });
+    let cancel = CancellationToken::new();
+    let (local, writer) = writer_into(&local_etcd, "local", &cancel).await;
+    let (handle, _task) = spawn_remote(
+        "remote",
+        EtcdConfig::plain([remote_etcd.endpoint()]),
+        writer.clone(),
+        rt,
+        &cancel,
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !handle.snapshot().synced {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let kept = format!("cilium/cache/ip/v1/remote/{}", c.pod_ip(0, 0));
+    let before = list_leases(&local, &kept).await;
+    assert_eq!(before.len(), 1, "the global endpoint is mirrored");
+
+    let h = handle.clone();
+    let resolver = Resolver::new(
+        Arc::new(move || vec![(ClusterName::new("remote").unwrap(), h.clone())]),
+        writer.clone(),
+        ResolverConfig {
+            pin_ttl: Duration::from_secs(300),
+            per_client_per_second: 3,
+            ..ResolverConfig::default()
+        },
+        SyncMetrics::default(),
+    );
+    let ip: IpAddr = c.pod_ip(0, 0).parse().unwrap();
+    let client_a: IpAddr = "192.0.2.1".parse().unwrap();
+    resolver.resolve(ip, Some(client_a)).await.unwrap();
+    assert_eq!(
+        list_leases(&local, &kept).await,
+        before,
+        "the mirrored key keeps its lease"
+    );
+    assert!(writer.live_leases().contains(&before[0].1));
+
+    // The entry with another cluster's identity is refused, and nothing is written.
+    let bad: IpAddr = c.pod_ip(0, 1).parse().unwrap();
+    let refused = resolver.resolve(bad, Some(client_a)).await;
+    assert!(
+        matches!(refused, Err(ResolveError::Invalid { .. })),
+        "{refused:?}"
+    );
+    assert!(
+        list(&local, &format!("cilium/cache/ip/v1/remote/{bad}"))
+            .await
+            .is_empty()
+    );
+
+    // Client A is over its 3 requests per second; client B is not.
+    let over = resolver.resolve(ip, Some(client_a)).await;
+    let over_again = resolver.resolve(ip, Some(client_a)).await;
+    assert!(
+        [&over, &over_again]
+            .iter()
+            .any(|r| matches!(r, Err(ResolveError::RateLimited))),
+        "{over:?} {over_again:?}"
+    );
+    let client_b: IpAddr = "192.0.2.2".parse().unwrap();
+    assert!(resolver.resolve(ip, Some(client_b)).await.is_ok());
+    assert!(resolver.stats().client_rate_limited.load(Ordering::Relaxed) >= 1);
+    cancel.cancel();
+}

@@ -321,3 +321,195 @@ fn export_publishes_only_opted_in_endpoints() {
     assert!(status.contains("not opted in"), "{status}");
     stop(&mut exporter);
 }
+
+/// Keys under `prefix` with their values and leases, as etcdctl prints them in JSON.
+fn keys_with_leases(endpoint: &str, prefix: &str) -> Vec<(String, String, i64)> {
+    use base64::Engine as _;
+    let out = etcdctl(endpoint, &["get", "--prefix", prefix, "-w", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let b64 = |s: &serde_json::Value| {
+        String::from_utf8(
+            base64::engine::general_purpose::STANDARD
+                .decode(s.as_str().unwrap_or_default())
+                .unwrap(),
+        )
+        .unwrap()
+    };
+    v["kvs"]
+        .as_array()
+        .map(|kvs| {
+            kvs.iter()
+                .map(|kv| {
+                    (
+                        b64(&kv["key"]),
+                        b64(&kv["value"]),
+                        kv["lease"].as_i64().unwrap_or(0),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The leases the replica at `addr` writes under, from its `/status`.
+fn leader_leases(addr: &str) -> Vec<i64> {
+    meshfilter_api::MeshClient::new(addr, Duration::from_secs(5))
+        .status()
+        .map(|s| s.writer.leases.iter().map(|l| l.id).collect())
+        .unwrap_or_default()
+}
+
+/// Every cache key (canaries and the heartbeat aside, whose values are timestamps) with
+/// its value.
+fn cache_content(endpoint: &str) -> Vec<(String, String)> {
+    keys_with_leases(endpoint, "cilium/")
+        .into_iter()
+        .filter(|(k, _, _)| !k.starts_with("cilium/kvstoremesh-lock"))
+        .map(|(k, v, _)| {
+            if k.starts_with("cilium/synced/") || k == "cilium/.heartbeat" {
+                (k, String::new())
+            } else {
+                (k, v)
+            }
+        })
+        .collect()
+}
+
+/// Waits until every cache key sits on one of the leases the replica at `addr` reports.
+fn wait_all_keys_on(addr: &str, local: &str, what: &str) -> Vec<i64> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let own = leader_leases(addr);
+        let foreign: Vec<(String, i64)> = keys_with_leases(local, "cilium/")
+            .into_iter()
+            .filter(|(k, _, lease)| {
+                !k.starts_with("cilium/kvstoremesh-lock") && !own.contains(lease)
+            })
+            .map(|(k, _, lease)| (k, lease))
+            .collect();
+        if foreign.is_empty() && !own.is_empty() {
+            return own;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: keys on other leases: {foreign:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Waits until none of `leases` exists in the etcd at `endpoint` any more.
+fn wait_leases_gone(endpoint: &str, leases: &[i64], within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let listed = etcdctl(endpoint, &["lease", "list", "-w", "json"]);
+        let v: serde_json::Value = serde_json::from_str(&listed).unwrap();
+        let alive: Vec<i64> = v["leases"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|l| l["id"].as_i64()).collect())
+            .unwrap_or_default();
+        if leases.iter().all(|l| !alive.contains(l)) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "old leases {leases:?} still alive: {alive:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn signal(child: &Child, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill {sig}");
+}
+
+/// kill -9 of the mesh, a restart, and then the first process's leases run out: the cache
+/// must be exactly what it was, every key on a lease of the new process.
+#[test]
+fn after_kill_9_and_restart_nothing_vanishes_when_the_old_leases_expire() {
+    let s = Setup::new();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let config = s.config_with(&addr, "sync: {leaseTtl: 5s, lockTtl: 2s}\n");
+    let mut first = spawn_mesh(&config);
+    wait_ready(&addr, "mesh did not sync");
+    let l = s.local.endpoint();
+    let old = wait_all_keys_on(&addr, &l, "first process");
+    let before = cache_content(&l);
+    assert!(
+        before
+            .iter()
+            .any(|(k, _)| k.starts_with("cilium/cache/ip/v1/remote1/"))
+    );
+
+    signal(&first, "-KILL");
+    let _ = first.wait();
+    let mut second = spawn_mesh(&config);
+    wait_ready(&addr, "the restarted mesh did not sync");
+    let new = wait_all_keys_on(&addr, &l, "restarted process");
+    assert!(
+        old.iter().all(|l| !new.contains(l)),
+        "new leases: {old:?} -> {new:?}"
+    );
+    // The dead process's leases run out (5 s TTL, nobody renews them).
+    wait_leases_gone(&l, &old, Duration::from_secs(20));
+    assert_eq!(cache_content(&l), before, "nothing lost, nothing stale");
+    stop(&mut second);
+}
+
+/// The leader is paused (SIGSTOP) past its lock TTL: the standby takes the lock and the
+/// cache over. When the old leader wakes up its writes are fenced: it steps down and the
+/// cache stays with the new leader.
+#[test]
+fn a_paused_leader_is_fenced_when_it_wakes_up() {
+    let s = Setup::new();
+    let (a, b) = (
+        format!("127.0.0.1:{}", free_port()),
+        format!("127.0.0.1:{}", free_port()),
+    );
+    let extra = "sync: {leaseTtl: 30s, lockTtl: 2s}\n";
+    let mut first = spawn_mesh(&s.config_with(&a, extra));
+    wait_ready(&a, "the first replica never became ready");
+    let mut second = spawn_mesh(&s.config_with(&b, extra));
+    std::thread::sleep(Duration::from_millis(500));
+    let l = s.local.endpoint();
+    let before = cache_content(&l);
+
+    signal(&first, "-STOP");
+    wait_ready(&b, "the standby did not take over from the paused leader");
+    wait_all_keys_on(&b, &l, "new leader");
+    // Meanwhile the remote changes: the new leader mirrors it.
+    let later = GLOBAL
+        .replace("10.7.0.10", "10.7.0.12")
+        .replace("web-0", "web-2");
+    etcdctl(
+        &s.remote.endpoint(),
+        &["put", "cilium/state/ip/v1/default/10.7.0.12", &later],
+    );
+    signal(&first, "-CONT");
+    // The old leader's lock lease is gone: every write it tries is refused, it steps down.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !http_get(&format!("http://{a}/readyz")).contains("standby") {
+        assert!(
+            Instant::now() < deadline,
+            "the woken leader did not step down"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !etcdctl(&l, &["get", "--prefix", "cilium/cache/ip/v1/remote1/"]).contains(&later) {
+        assert!(Instant::now() < deadline, "the new leader does not mirror");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    wait_all_keys_on(&b, &l, "after the old leader woke up");
+    let after = cache_content(&l);
+    let added = "cilium/cache/ip/v1/remote1/10.7.0.12";
+    let without_added: Vec<_> = after.iter().filter(|(k, _)| k != added).cloned().collect();
+    assert_eq!(without_added, before, "the woken leader changed nothing");
+    stop(&mut first);
+    stop(&mut second);
+}

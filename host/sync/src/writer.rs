@@ -732,16 +732,15 @@ impl Keeper {
         }
     }
 
-    /// Revokes our leases etcd confirms are empty (never the open one, never one with a
-    /// write in flight), and foreign leases once empty.
+    /// Revokes our leases etcd confirms are empty (never one with a write in flight), and
+    /// foreign leases once empty. The next key goes to a lease with room, or a new one.
     async fn sweep(&mut self, writer: &TargetWriter) {
         let candidates: Vec<i64> = {
             let mut book = writer.book.lock();
-            let open = book.open;
             let ids: Vec<i64> = book
                 .own
                 .iter()
-                .filter(|(id, l)| l.keys == 0 && l.inflight == 0 && Some(**id) != open)
+                .filter(|(_, l)| l.keys == 0 && l.inflight == 0)
                 .map(|(id, _)| *id)
                 .collect();
             for id in &ids {
