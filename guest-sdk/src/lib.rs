@@ -139,11 +139,11 @@ pub use endpoint::Endpoint;
 pub use endpoint::EndpointBuilder;
 pub use locality::{Candidate, Locality, local};
 pub use log::Level;
-pub use meshfilter_common::labels;
-pub use meshfilter_common::scope::ScopeError;
+pub use meshfilter_contract::labels;
+pub use meshfilter_contract::scope::ScopeError;
 /// How far an exported endpoint may travel: the `clustermesh.cilium.io/sync-scope` grammar
 /// shared with the host (`regional`, `zone`, `cluster`, `global`, or a list of regions).
-pub use meshfilter_common::scope::SyncScope as Scope;
+pub use meshfilter_contract::scope::SyncScope as Scope;
 pub use miss::MissRequest;
 #[cfg(not(target_arch = "wasm32"))]
 pub use miss::MissRequestBuilder;
@@ -152,13 +152,7 @@ pub use selector::{LabelSelector, SelectorError};
 /// Version of this SDK, recorded in every module's `meshfilter-metadata` custom section.
 pub const SDK_VERSION: &str = env!("CARGO_PKG_VERSION");
 
-/// Largest module the host loads, in bytes.
-///
-/// Modules are deployed through a Kubernetes ConfigMap, whose total size Kubernetes caps at
-/// 1 MiB, so this is also the largest module that can be deployed. The host refuses larger
-/// files before compiling them. Release builds with `opt-level = "s"` and `strip = true`
-/// stay far below it (the shipped filters are about 200 KiB).
-pub const MAX_MODULE_BYTES: usize = 1_048_576;
+pub use meshfilter_contract::MAX_MODULE_BYTES;
 
 /// A filter: the decisions one module makes.
 ///
@@ -278,7 +272,7 @@ macro_rules! __export_filter_hooks {
 
             const NAME: &str = $name;
             const LEN: usize = sdk::metadata::encoded_len(NAME, $crate::SDK_VERSION);
-            // `meshfilter_common::metadata::SECTION_NAME`, as a literal (a test checks).
+            // `meshfilter_contract::metadata::SECTION_NAME`, as a literal (a test checks).
             #[unsafe(link_section = "meshfilter-metadata")]
             #[used]
             static METADATA: [u8; LEN] = sdk::metadata::encode::<LEN>(NAME, $crate::SDK_VERSION);
@@ -292,7 +286,7 @@ pub mod __private {
     use crate::Filter;
 
     pub use crate::log::log;
-    pub use meshfilter_common::metadata;
+    pub use meshfilter_contract::metadata;
 
     #[cfg(target_arch = "wasm32")]
     pub use crate::wasm::{
@@ -308,7 +302,7 @@ pub mod __private {
 
 #[cfg(test)]
 mod tests {
-    use meshfilter_common::{interface, metadata};
+    use meshfilter_contract::{interface, metadata};
 
     #[test]
     fn macro_literals_match_the_contract() {

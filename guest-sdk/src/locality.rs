@@ -1,6 +1,6 @@
 //! Where clusters and nodes are.
 
-use meshfilter_common::scope;
+use meshfilter_contract::scope;
 
 /// Where a cluster or a node is: its cluster name, and its zone and region from the node
 /// labels `topology.kubernetes.io/zone` and `topology.kubernetes.io/region` when known.

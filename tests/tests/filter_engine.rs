@@ -114,8 +114,8 @@ fn wit_version_matches_the_shared_constant() {
     .unwrap();
     let expected = format!(
         "package {}@{};",
-        meshfilter_common::interface::PACKAGE,
-        meshfilter_common::interface::VERSION
+        meshfilter_contract::interface::PACKAGE,
+        meshfilter_contract::interface::VERSION
     );
     assert!(
         wit.contains(&expected),
@@ -512,7 +512,7 @@ fn a_module_for_another_interface_version_is_refused() {
     let mut m = module_bytes("misbehave");
     let needle = format!(
         "interface=meshfilter:filter@{}",
-        meshfilter_common::interface::VERSION
+        meshfilter_contract::interface::VERSION
     );
     let patched = needle.replace("@0.", "@9.");
     let mut found = 0;

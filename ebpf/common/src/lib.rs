@@ -1,18 +1,8 @@
-//! The contract shared by every side of meshfilter.
-//!
-//! The host, the guest SDK and the eBPF program each compile this crate, so a label name,
-//! a scope spelling or a metadata key cannot drift between them. It is `no_std`; the
-//! `alloc` feature (on by default, off for the eBPF target) adds the parts that need a
-//! heap, such as region lists.
+//! The kernel/userspace contract of the miss classifier: Cilium's ipcache layout as the
+//! program reads it, the program's own maps, counters and the miss event. The eBPF program
+//! and the node agent both compile this crate (as aya-template's `-common` crate does), so
+//! a struct layout cannot drift between them. It is `no_std` and allocation-free.
 #![no_std]
 #![deny(missing_docs)]
 
-#[cfg(feature = "alloc")]
-extern crate alloc;
-
-pub mod interface;
 pub mod ipcache;
-pub mod labels;
-pub mod metadata;
-#[cfg(feature = "alloc")]
-pub mod scope;

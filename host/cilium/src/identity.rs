@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use meshfilter_common::labels::IDENTITY_NAMESPACE;
+use meshfilter_contract::labels::IDENTITY_NAMESPACE;
 
 use crate::keys::ClusterName;
 use crate::value::{KvstoreValue, ValueError, check_len};

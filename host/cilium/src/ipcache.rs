@@ -164,7 +164,7 @@ impl IpIdentityPair {
     }
 
     /// The raw scope recorded at the source (`SyncScope`), `None` when absent or empty.
-    /// `meshfilter_common::scope::SyncScope::parse` gives it meaning.
+    /// `meshfilter_contract::scope::SyncScope::parse` gives it meaning.
     pub fn scope_raw(&self) -> Option<&str> {
         self.sync_scope.as_deref()
     }

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
-use meshfilter_common::labels::{TOPOLOGY_REGION, TOPOLOGY_ZONE};
+use meshfilter_contract::labels::{TOPOLOGY_REGION, TOPOLOGY_ZONE};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 

@@ -4,7 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use meshfilter_common::scope::SyncScope;
+pub use meshfilter_contract::scope::SyncScope;
 
 /// The three places a filter decides.
 #[derive(

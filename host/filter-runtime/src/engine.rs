@@ -57,7 +57,7 @@ impl Default for EngineConfig {
             max_wasm_stack: 512 << 10,
             max_instances: 128,
             log_lines_per_second: 20,
-            max_module_bytes: 1 << 20,
+            max_module_bytes: meshfilter_contract::MAX_MODULE_BYTES,
             disk_cache: None,
         }
     }

@@ -26,9 +26,9 @@ impl Locality {
         }
     }
 
-    /// Borrowed form used by [`meshfilter_common::scope::SyncScope::admits`].
-    pub fn as_borrowed(&self) -> meshfilter_common::scope::Locality<'_> {
-        meshfilter_common::scope::Locality {
+    /// Borrowed form used by [`meshfilter_contract::scope::SyncScope::admits`].
+    pub fn as_borrowed(&self) -> meshfilter_contract::scope::Locality<'_> {
+        meshfilter_contract::scope::Locality {
             cluster: &self.cluster,
             zone: self.zone.as_deref(),
             region: self.region.as_deref(),

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use meshfilter_common::{interface, metadata};
+use meshfilter_contract::{interface, metadata};
 use wasmparser::{Parser, Payload};
 
 use crate::bindings::FilterPre;

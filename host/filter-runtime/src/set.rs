@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use meshfilter_common::scope::SyncScope;
+use meshfilter_contract::scope::SyncScope;
 
 use crate::decision::{ExportDecision, FailurePolicy, Hook, ImportDecision, MissDecision};
 use crate::error::CallFailure;

@@ -41,7 +41,7 @@ use meshfilter_cilium::convert::{CiliumEndpoint, ciliumendpoint_to_pairs, cilium
 use meshfilter_cilium::identity::{Label, MIN_NUMERIC_IDENTITY};
 use meshfilter_cilium::keys::{ENDPOINTS_SOURCE_PREFIX, cluster_config_key};
 use meshfilter_cilium::{CiliumClusterConfig, ClusterName, IdentityLabels, Resource};
-use meshfilter_common::labels::NAMESPACE_GLOBAL;
+use meshfilter_contract::labels::NAMESPACE_GLOBAL;
 use meshfilter_etcd::Backoff;
 use meshfilter_filter_runtime::FilterRuntime;
 use meshfilter_sync::{

@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use meshfilter_common::labels;
+use meshfilter_contract::labels;
 use meshfilter_filter_runtime::{EndpointInput, Hook, Locality};
 
 use crate::cli::BenchArgs;

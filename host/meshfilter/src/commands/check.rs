@@ -6,9 +6,6 @@ use meshfilter_filter_runtime::Hook;
 
 use crate::cli::ModuleArgs;
 
-/// ConfigMaps hold at most 1 MiB.
-const CONFIGMAP_LIMIT: usize = 1 << 20;
-
 pub fn run(args: &ModuleArgs) -> anyhow::Result<ExitCode> {
     let engine = super::engine()?;
     let runtime = match super::load_single(&engine, args, super::locality(args), true) {
@@ -28,7 +25,7 @@ pub fn run(args: &ModuleArgs) -> anyhow::Result<ExitCode> {
         println!(
             "size       {} bytes ({:.0}% of the 1 MiB ConfigMap limit)",
             m.size,
-            m.size as f64 * 100.0 / CONFIGMAP_LIMIT as f64
+            m.size as f64 * 100.0 / meshfilter_contract::MAX_MODULE_BYTES as f64
         );
     }
     for hook in Hook::ALL {
