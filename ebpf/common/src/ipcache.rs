@@ -289,8 +289,13 @@ pub mod names {
     pub const CHECK_SOURCE: &str = "CHECK_SOURCE";
 }
 
-/// Entries the standalone ipcache holds (Cilium's `IPCACHE_MAP_SIZE`).
+/// Entries the standalone ipcache holds by default (Cilium's `IPCACHE_MAP_SIZE`); the
+/// loader may set another size.
 pub const IPCACHE_MAX_ENTRIES: u32 = 512_000;
+
+/// Mesh pod CIDRs the program knows by default (one per remote node and pod CIDR); the
+/// loader may set another size.
+pub const MESH_CIDRS_MAX_ENTRIES: u32 = 16_384;
 
 const _: () = assert!(core::mem::size_of::<IpcacheKey>() == 24);
 const _: () = assert!(core::mem::size_of::<RemoteEndpointInfo>() == 24);

@@ -19,19 +19,22 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use meshfilter_common::ipcache::{
-    FAMILY_IPV4, FAMILY_IPV6, IPCACHE_MAX_ENTRIES, IpcachePrefix, MeshCidr, MissEvent,
-    RemoteEndpointInfo, direction, is_world, stat, verdict,
+    FAMILY_IPV4, FAMILY_IPV6, IPCACHE_MAX_ENTRIES, IpcachePrefix, MESH_CIDRS_MAX_ENTRIES, MeshCidr,
+    MissEvent, RemoteEndpointInfo, direction, is_world, stat, verdict,
 };
 
 /// The ipcache: our own in standalone mode, Cilium's pinned `cilium_ipcache_v2` in Cilium
-/// mode (the loader points this map at the pin, so the declaration matches Cilium's).
+/// mode (the loader binds the program to the map it opened from the pin, and rebinds a
+/// fresh copy of the program when the agent recreates the map; the declaration matches
+/// Cilium's layout).
 #[map(name = "IPCACHE")]
 static IPCACHE: LpmTrie<IpcachePrefix, RemoteEndpointInfo> =
     LpmTrie::with_max_entries(IPCACHE_MAX_ENTRIES, 0);
 
 /// Pod CIDRs of the mesh's remote clusters.
 #[map(name = "MESH_CIDRS")]
-static MESH_CIDRS: LpmTrie<IpcachePrefix, MeshCidr> = LpmTrie::with_max_entries(16_384, 0);
+static MESH_CIDRS: LpmTrie<IpcachePrefix, MeshCidr> =
+    LpmTrie::with_max_entries(MESH_CIDRS_MAX_ENTRIES, 0);
 
 /// Miss events for userspace.
 #[map(name = "MISSES")]

@@ -253,6 +253,15 @@ impl Resource {
         }
     }
 
+    /// The cache root of this resource across every mirrored cluster, with trailing `/`:
+    /// `cilium/cache/<res>/v1/`. A reader of a whole kvstoremesh cache (the node agent)
+    /// watches it once instead of one prefix per cluster; every
+    /// [`cache_prefix`](Self::cache_prefix) lies under it, and [`parse_key`] takes its keys
+    /// apart.
+    pub fn cache_root(self) -> String {
+        format!("{}/", self.cache_base_prefix())
+    }
+
     /// Full source key for `suffix` (an IP, identity number, `<node>`, `<ns>/<name>`).
     pub fn source_key(self, cluster: &ClusterName, suffix: &str) -> String {
         self.source_prefix(cluster) + suffix
@@ -286,6 +295,29 @@ impl fmt::Display for Resource {
 /// `cilium/cluster-config/<cluster>`: where a cluster's [`crate::CiliumClusterConfig`] lives.
 pub fn cluster_config_key(cluster: &ClusterName) -> String {
     format!("{CLUSTER_CONFIG_PREFIX}/{cluster}")
+}
+
+/// `cilium/cluster-config/`: the parent of every cluster's config, what a reader of all
+/// of them watches (mirrors the `ClusterConfigPrefix` directory Cilium reads).
+pub fn cluster_config_root() -> String {
+    format!("{CLUSTER_CONFIG_PREFIX}/")
+}
+
+/// The cluster whose config lives under `key` (`cilium/cluster-config/<cluster>`), the
+/// inverse of [`cluster_config_key`]. Refuses other keys, deeper keys and invalid names.
+pub fn parse_cluster_config_key(key: &str) -> Result<ClusterName, KeyError> {
+    let name = key
+        .strip_prefix(CLUSTER_CONFIG_PREFIX)
+        .and_then(|rest| rest.strip_prefix('/'))
+        .filter(|name| !name.is_empty() && !name.contains('/'))
+        .ok_or_else(|| KeyError::NotAResourceKey {
+            key: key.to_owned(),
+            expected: "cluster config",
+        })?;
+    ClusterName::new(name).map_err(|source| KeyError::InvalidCluster {
+        key: key.to_owned(),
+        source,
+    })
 }
 
 /// `cilium/synced/<cluster>/`: parent of every sync canary of `cluster`, the prefix agents
@@ -779,6 +811,55 @@ mod tests {
         }
         assert!(matches!(
             parse_key("cilium/cache/nodes/v1/Bad_Name/n1"),
+            Err(KeyError::InvalidCluster { .. })
+        ));
+    }
+
+    #[test]
+    fn cache_roots_hold_every_clusters_cache_keys() {
+        let others = ClusterName::new("cluster30").unwrap();
+        for r in Resource::ALL {
+            let root = r.cache_root();
+            assert_eq!(root, format!("{}/", r.cache_base_prefix()), "{r}");
+            for c in [c3(), others.clone()] {
+                let key = r.cache_key(&c, "x");
+                assert!(key.starts_with(&root), "{key} under {root}");
+                let parsed = parse_key(&key).unwrap();
+                assert_eq!(
+                    (parsed.resource, parsed.space, parsed.cluster),
+                    (r, KeySpace::Cache, Some(c.as_str()))
+                );
+            }
+            // The state key of the same resource is not under the cache root.
+            assert!(!r.source_key(&c3(), "x").starts_with(&root), "{r}");
+        }
+        assert_eq!(Resource::Endpoints.cache_root(), "cilium/cache/ip/v1/");
+        assert_eq!(Resource::Nodes.cache_root(), "cilium/cache/nodes/v1/");
+    }
+
+    #[test]
+    fn cluster_config_keys_map_both_ways() {
+        let c = c3();
+        assert_eq!(cluster_config_root(), "cilium/cluster-config/");
+        assert!(cluster_config_key(&c).starts_with(&cluster_config_root()));
+        assert_eq!(parse_cluster_config_key(&cluster_config_key(&c)), Ok(c));
+        for bad in [
+            "cilium/cluster-config/",
+            "cilium/cluster-config",
+            "cilium/cluster-config/cluster3/extra",
+            "cilium/cluster-configs/cluster3",
+            "cilium/cache/nodes/v1/cluster3/n1",
+        ] {
+            assert!(
+                matches!(
+                    parse_cluster_config_key(bad),
+                    Err(KeyError::NotAResourceKey { .. })
+                ),
+                "{bad:?}"
+            );
+        }
+        assert!(matches!(
+            parse_cluster_config_key("cilium/cluster-config/Bad_Name"),
             Err(KeyError::InvalidCluster { .. })
         ));
     }

@@ -19,3 +19,6 @@ pub use config::{ClusterFile, EtcdConfig, scan_clusters_dir};
 pub use error::EtcdError;
 pub use list::{DEFAULT_PAGE_KEYS, Entry, MAX_RESPONSE_BYTES, Page, Pages, prefix_end};
 pub use watcher::{Change, WatchEvent, Watcher};
+// The node agent reads through these rather than depending on the client crate itself.
+pub use etcd_client::Client;
+pub use list::read_serializable;

@@ -181,6 +181,24 @@ impl Pages {
     }
 }
 
+/// The entry under exactly `key` (no prefix match), read serializably: the member the
+/// client talks to answers from its own state, without a quorum round trip. For point
+/// lookups on a latency-sensitive path (the node agent resolving a missed address), where
+/// a value a few milliseconds stale is as good as a linearizable one. `etcd` names the
+/// etcd in errors.
+pub async fn read_serializable(
+    client: &Client,
+    etcd: &str,
+    key: &str,
+) -> Result<Option<Entry>, EtcdError> {
+    let resp = client
+        .kv_client()
+        .get(key, Some(GetOptions::new().with_serializable()))
+        .await
+        .map_err(EtcdError::request(etcd))?;
+    Ok(resp.kvs().first().and_then(Entry::from_kv))
+}
+
 /// tonic refusing a response above the decoding limit.
 fn too_large(e: &etcd_client::Error) -> bool {
     let text = e.to_string();

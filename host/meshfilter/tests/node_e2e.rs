@@ -323,6 +323,20 @@ impl Mesh {
     }
 }
 
+impl Mesh {
+    /// [`Mesh::node_config`] in cilium mode (allow first) reading the map pinned at `pin`.
+    fn cilium_node_config(&self, name: &str, iface: &str, pin: &Path) -> (PathBuf, String) {
+        let (config, listen) =
+            self.node_config(name, iface, &format!("ciliumIpcache: {}\n", pin.display()));
+        let text = std::fs::read_to_string(&config)
+            .unwrap()
+            .replace("mode: standalone", "mode: cilium")
+            .replace("missVerdict: drop", "missVerdict: pass");
+        std::fs::write(&config, text).unwrap();
+        (config, listen)
+    }
+}
+
 impl Drop for Mesh {
     fn drop(&mut self) {
         let _ = self.process.kill();
@@ -673,11 +687,23 @@ impl CiliumIpcache {
         let dir = mount.path().join("tc/globals");
         std::fs::create_dir_all(&dir).unwrap();
         let pin = dir.join("cilium_ipcache_v2");
+        let map = CiliumIpcache { mount, pin };
+        map.pin_new();
+        map
+    }
+
+    /// Unpins the map, as the agent's `Recreate()` does first.
+    fn unpin(&self) {
+        std::fs::remove_file(&self.pin).unwrap();
+    }
+
+    /// Creates a fresh, empty map and pins it, as `Recreate()` does next.
+    fn pin_new(&self) {
         sh(&[
             "bpftool",
             "map",
             "create",
-            pin.to_str().unwrap(),
+            self.pin.to_str().unwrap(),
             "type",
             "lpm_trie",
             "key",
@@ -691,7 +717,21 @@ impl CiliumIpcache {
             "flags",
             "129",
         ]);
-        CiliumIpcache { mount, pin }
+    }
+
+    /// What a cilium-agent on node A installs for cluster B: its node's pod CIDR as world
+    /// tunnelled to the node, and a /32 per pod in `pods` (address, identity).
+    fn install_cluster_b(&self, pods: &[(Ipv4Addr, u32)]) {
+        self.update(
+            &ipcache_key([198, 51, 100, 0], 24),
+            &ipcache_value(9, [203, 0, 113, 2]),
+        );
+        for (pod, identity) in pods {
+            self.update(
+                &ipcache_key(pod.octets(), 32),
+                &ipcache_value(*identity, [203, 0, 113, 2]),
+            );
+        }
     }
 
     fn update(&self, key: &[u8], value: &[u8]) {
@@ -739,14 +779,7 @@ fn cilium_mode_reads_ciliums_map_and_leaves_its_program_alone() {
     // What a cilium-agent on node A would have installed: the remote node's pod CIDR as
     // world tunnelled to that node, and the /32 of the synced pod.
     let cilium = CiliumIpcache::create();
-    cilium.update(
-        &ipcache_key([198, 51, 100, 0], 24),
-        &ipcache_value(9, [203, 0, 113, 2]),
-    );
-    cilium.update(
-        &ipcache_key([198, 51, 100, 8], 32),
-        &ipcache_value(131_074, [203, 0, 113, 2]),
-    );
+    cilium.install_cluster_b(&[(POD_B_GLOBAL, 131_074)]);
     let before = bpftool_dump(cilium.id());
 
     // A stand-in for Cilium's own program on the same hook, attached first.
@@ -758,16 +791,7 @@ fn cilium_mode_reads_ciliums_map_and_leaves_its_program_alone() {
         })
         .unwrap();
 
-    let (config, listen) = mesh.node_config(
-        "cilium",
-        &pods.host_a,
-        &format!("ciliumIpcache: {}\n", cilium.pin.display()),
-    );
-    let text = std::fs::read_to_string(&config)
-        .unwrap()
-        .replace("mode: standalone", "mode: cilium")
-        .replace("missVerdict: drop", "missVerdict: pass");
-    std::fs::write(&config, text).unwrap();
+    let (config, listen) = mesh.cilium_node_config("cilium", &pods.host_a, &cilium.pin);
     let mut node = spawn_node(&config, &listen);
     let st = status(&listen);
     let ours_before = st["datapath"]["packets"].as_u64().unwrap();
@@ -835,6 +859,78 @@ fn cilium_mode_reads_ciliums_map_and_leaves_its_program_alone() {
     stop(&mut node);
     assert_eq!(attached(&pods.host_a), 1, "only the stand-in remains");
     drop(stand_in);
+}
+
+/// The cilium-agent recreates its map at every start. While the pin is missing the node
+/// keeps the program it has (and never creates the pin); once a new map is pinned the
+/// program reads it: real packets to a pod only the new map holds hit, no miss.
+#[test]
+fn cilium_mode_follows_a_map_the_agent_recreates() {
+    let mesh = Mesh::start();
+    let pods = Pods::new("y");
+    let _server = Server::start(&pods.ns_b);
+    let cilium = CiliumIpcache::create();
+    cilium.install_cluster_b(&[(POD_B_GLOBAL, 131_074)]);
+    let first = cilium.id();
+    let (config, listen) = mesh.cilium_node_config("recreate", &pods.host_a, &cilium.pin);
+    let mut node = spawn_node(&config, &listen);
+    assert_eq!(status(&listen)["ipcacheMapId"].as_u64(), Some(first));
+    let counters = |listen: &str| {
+        let st = status(listen);
+        (
+            st["datapath"]["hit"].as_u64().unwrap(),
+            st["datapath"]["miss"].as_u64().unwrap(),
+        )
+    };
+    let wait_status = |what: &str, done: &dyn Fn(&serde_json::Value) -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let st = status(&listen);
+            if done(&st) {
+                return st;
+            }
+            assert!(Instant::now() < deadline, "{what}: {st:#}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+
+    // The agent unpins its map: reported, not created, and the old map is still read.
+    cilium.unpin();
+    wait_status("pin reported missing", &|st| {
+        st["ciliumMap"]["pinMissing"] == true
+    });
+    assert!(!cilium.pin.exists(), "meshfilter never creates the pin");
+    let (hits, _) = counters(&listen);
+    connect_from(&pods.ns_a, POD_B_GLOBAL, Duration::from_secs(3)).expect("synced pod");
+    assert!(counters(&listen).0 > hits, "still a hit in the map held");
+
+    // The agent pins its new map, which also has the regional pod.
+    cilium.pin_new();
+    cilium.install_cluster_b(&[(POD_B_GLOBAL, 131_074), (POD_B_REGIONAL, 131_073)]);
+    let second = cilium.id();
+    assert_ne!(first, second);
+    let st = wait_status("rebound to the new map", &|st| {
+        st["ipcacheMapId"].as_u64() == Some(second)
+    });
+    assert_eq!(st["ciliumMap"]["reopens"], 1, "{st:#}");
+    assert_eq!(st["ciliumMap"]["pinMissing"], false);
+    assert_eq!(
+        attached(&pods.host_a),
+        1,
+        "the attachment was replaced, not added"
+    );
+    let (hits, misses) = counters(&listen);
+    connect_from(&pods.ns_a, POD_B_REGIONAL, Duration::from_secs(3)).expect("regional pod");
+    let (hits_after, misses_after) = counters(&listen);
+    assert!(hits_after > hits, "the regional pod hit in the new map");
+    assert_eq!(misses_after, misses, "no miss: the old map never had it");
+    let metrics = http_get(&format!("http://{listen}/metrics"));
+    assert!(
+        metrics.contains("meshfilter_node_ipcache_reopens_total 1"),
+        "{metrics}"
+    );
+    stop(&mut node);
+    assert_eq!(attached(&pods.host_a), 0, "detached on SIGTERM");
 }
 
 #[test]

@@ -2,14 +2,15 @@
 //!
 //! Per event: the negative cache and the in-flight set drop repeats (the kernel already
 //! deduplicates per window; this catches the rest), the filter engine's miss hook decides
-//! whether and where to look, the resolvers look, and the result is installed: into the
-//! standalone ipcache directly, or (cilium mode) it is already in the local etcd cache,
-//! where the mesh wrote it and the cilium-agent picks it up.
+//! whether and where to look (on a blocking thread: a module runs until its deadline), the
+//! resolvers look, and the result is installed: into the standalone ipcache directly
+//! (reported as installed only once it is in the map), or (cilium mode) it is already in
+//! the local etcd cache, where the mesh wrote it and the cilium-agent picks it up.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use meshfilter_filter_runtime::{FilterRuntime, MissDecision, MissInput};
@@ -18,8 +19,8 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
-use crate::datapath::{Attachment, Datapath, DatapathStats, IpcacheMode};
-use crate::error::ResolveError;
+use crate::datapath::{Attachment, CiliumMapStatus, Datapath, DatapathStats, IpcacheMode};
+use crate::error::{InstallError, ResolveError};
 use crate::events::{Miss, ReaderStats, monotonic_ns, read_events};
 use crate::metrics::NodeMetrics;
 use crate::resolve::Resolvers;
@@ -53,6 +54,30 @@ impl Default for AgentConfig {
     }
 }
 
+/// The miss hook: decides whether and from which clusters a missed address is resolved.
+/// Production uses the filter engine's ([`FilterRuntime`]); the trait lets the agent's
+/// handling of a slow decision be tested with a hook of known cost.
+pub trait MissHook: Send + Sync + 'static {
+    /// The generation deciding now: an ignore decision lasts until it changes.
+    fn generation(&self) -> u64;
+
+    /// Decides `input`, returning the decision and the generation that made it.
+    /// CPU-bound and possibly slow (a module runs until its deadline): the agent calls it
+    /// on a blocking thread, never on an async worker.
+    fn decide(&self, input: &Arc<MissInput>) -> (MissDecision, u64);
+}
+
+impl MissHook for FilterRuntime {
+    fn generation(&self) -> u64 {
+        self.current().number
+    }
+
+    fn decide(&self, input: &Arc<MissInput>) -> (MissDecision, u64) {
+        let verdict = self.current().decide_miss(input);
+        (verdict.decision, verdict.generation)
+    }
+}
+
 /// What happened to one miss.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -67,8 +92,12 @@ pub enum Outcome {
     NegativeCached,
     /// Skipped: already being resolved.
     Deduplicated,
-    /// The resolver was busy or unreachable.
+    /// The resolver was busy or unreachable, or the miss hook could not run.
     Failed,
+    /// Resolved, but the standalone ipcache is full: not installed.
+    MapFull,
+    /// Resolved, but writing it into the standalone ipcache failed: not installed.
+    InstallFailed,
 }
 
 impl Outcome {
@@ -81,6 +110,8 @@ impl Outcome {
             Outcome::NegativeCached => "negative-cached",
             Outcome::Deduplicated => "deduplicated",
             Outcome::Failed => "failed",
+            Outcome::MapFull => "map-full",
+            Outcome::InstallFailed => "install-failed",
         }
     }
 }
@@ -119,6 +150,9 @@ pub struct NodeStatus {
     pub program_id: u32,
     /// Kernel ID of the ipcache map the program reads.
     pub ipcache_map_id: u32,
+    /// Cilium mode: the pinned map followed, its recreations and gaps.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cilium_map: Option<CiliumMapStatus>,
     /// Interfaces attached.
     pub attachments: Vec<Attachment>,
     /// Program counters.
@@ -131,6 +165,9 @@ pub struct NodeStatus {
     pub negative_cached: usize,
     /// Addresses being resolved now.
     pub in_flight: usize,
+    /// Cluster names the miss hook returned beyond the known clusters (or repeated),
+    /// ignored.
+    pub miss_hook_clusters_dropped: u64,
     /// Miss-to-installed latency over the recent window, microseconds.
     pub latency_us: BTreeMap<&'static str, u64>,
     /// What the node knows about the mesh.
@@ -147,7 +184,7 @@ const LATENCY_SAMPLES: usize = 8192;
 pub struct NodeAgent {
     datapath: Arc<Datapath>,
     view: Arc<MeshView>,
-    filters: Option<Arc<FilterRuntime>>,
+    filters: Option<Arc<dyn MissHook>>,
     resolvers: Resolvers,
     config: AgentConfig,
     /// Until when an address is not looked up again, and, for an ignore decision of the
@@ -158,6 +195,7 @@ pub struct NodeAgent {
     recent: Mutex<VecDeque<RecentMiss>>,
     latencies: Mutex<VecDeque<u64>>,
     reader: Arc<ReaderStats>,
+    clusters_dropped: AtomicU64,
     metrics: NodeMetrics,
 }
 
@@ -170,12 +208,12 @@ impl std::fmt::Debug for NodeAgent {
 }
 
 impl NodeAgent {
-    /// An agent over a loaded datapath and its view. Without `filters` every miss is
-    /// resolved from every candidate cluster, owners first.
+    /// An agent over a loaded datapath and its view. Without a miss hook (`filters`)
+    /// every miss is resolved from every candidate cluster, owners first.
     pub fn new(
         datapath: Arc<Datapath>,
         view: Arc<MeshView>,
-        filters: Option<Arc<FilterRuntime>>,
+        filters: Option<Arc<dyn MissHook>>,
         resolvers: Resolvers,
         config: AgentConfig,
         metrics: NodeMetrics,
@@ -192,11 +230,13 @@ impl NodeAgent {
             recent: Mutex::new(VecDeque::with_capacity(RECENT)),
             latencies: Mutex::new(VecDeque::with_capacity(LATENCY_SAMPLES)),
             reader: Arc::new(ReaderStats::default()),
+            clusters_dropped: AtomicU64::new(0),
             metrics,
         })
     }
 
-    /// Reads and resolves misses until cancelled.
+    /// Reads and resolves misses until cancelled; in cilium mode also follows Cilium's
+    /// pin, so a map the cilium-agent recreates is read from then on.
     pub async fn run(self: Arc<Self>, cancel: CancellationToken) -> std::io::Result<()> {
         let Some(ring) = self.datapath.take_events() else {
             return Err(std::io::Error::other(
@@ -205,6 +245,7 @@ impl NodeAgent {
         };
         let (tx, mut rx) = mpsc::channel::<Miss>(self.config.queue.max(1));
         let reader = tokio::spawn(read_events(ring, tx, self.reader.clone(), cancel.clone()));
+        let pin = tokio::spawn(self.datapath.clone().follow_cilium_pin(cancel.clone()));
         let permits = Arc::new(Semaphore::new(self.config.concurrency.max(1)));
         let sweep_every = Duration::from_secs(1);
         let mut sweep = tokio::time::interval(sweep_every);
@@ -222,6 +263,12 @@ impl NodeAgent {
                     });
                 }
             }
+        }
+        // The reader and the pin follower stop on `cancel`; the loop above may have ended
+        // on a closed queue instead.
+        cancel.cancel();
+        if let Err(e) = pin.await {
+            tracing::warn!(error = %e, "following Cilium's pin ended abnormally");
         }
         match reader.await {
             Ok(result) => result,
@@ -255,6 +302,7 @@ impl NodeAgent {
             },
             program_id: self.datapath.program_id(),
             ipcache_map_id: self.datapath.ipcache_id(),
+            cilium_map: self.datapath.cilium_map(),
             attachments: self.datapath.attachments(),
             datapath: stats.counters.into_iter().collect(),
             events: BTreeMap::from([
@@ -273,6 +321,7 @@ impl NodeAgent {
                 .collect(),
             negative_cached: self.negative_cached(),
             in_flight: self.in_flight(),
+            miss_hook_clusters_dropped: self.clusters_dropped(),
             latency_us,
             view: self.view.status(),
             recent: self.recent.lock().iter().cloned().collect(),
@@ -294,6 +343,17 @@ impl NodeAgent {
         self.negative.lock().len()
     }
 
+    /// Cluster names of miss-hook decisions ignored so far (beyond the known clusters, or
+    /// repeated).
+    pub fn clusters_dropped(&self) -> u64 {
+        self.clusters_dropped.load(Ordering::Relaxed)
+    }
+
+    /// The view (for metrics).
+    pub fn view(&self) -> &Arc<MeshView> {
+        &self.view
+    }
+
     /// Reader counters (for metrics).
     pub fn reader_stats(&self) -> &ReaderStats {
         &self.reader
@@ -306,7 +366,7 @@ impl NodeAgent {
 
     async fn handle(&self, miss: Miss) {
         let addr = miss.addr;
-        let generation = self.filters.as_ref().map(|f| f.current().number);
+        let generation = self.filters.as_ref().map(|f| f.generation());
         if self.negative.lock().get(&addr).is_some_and(|(until, by)| {
             *until > Instant::now() && (by.is_none() || *by == generation)
         }) {
@@ -348,12 +408,20 @@ impl NodeAgent {
         });
         let mut generation = None;
         let decision = match &self.filters {
-            Some(filters) => {
-                // One call, memoised, bounded by the module's epoch deadline: cheaper
-                // inline than handing the worker thread over with block_in_place.
-                let verdict = filters.current().decide_miss(&input);
-                generation = Some(verdict.generation);
-                verdict.decision
+            Some(hook) => {
+                // Wasm is CPU-bound up to the module's deadline: on a blocking thread, so a
+                // slow module never stalls the agent's async workers.
+                let (hook, request) = (hook.clone(), input.clone());
+                match tokio::task::spawn_blocking(move || hook.decide(&request)).await {
+                    Ok((decision, made_by)) => {
+                        generation = Some(made_by);
+                        decision
+                    }
+                    Err(e) => {
+                        tracing::error!(addr = %miss.addr, error = %e, "the miss hook did not return");
+                        return (Outcome::Failed, None, format!("miss hook: {e}"));
+                    }
+                }
             }
             None => {
                 let mut clusters: Vec<String> = candidates
@@ -376,7 +444,9 @@ impl NodeAgent {
                     .insert(miss.addr, (Instant::now() + ttl, generation));
                 return (Outcome::Ignored, None, reason.to_string());
             }
-            MissDecision::Resolve { clusters, reason } => (clusters, reason),
+            MissDecision::Resolve { clusters, reason } => {
+                (self.bound_clusters(clusters, candidates.len()), reason)
+            }
         };
         let found = match self.view.cached(miss.addr, &clusters) {
             Some((cluster, pair)) => Ok(crate::resolve::Resolution {
@@ -389,7 +459,20 @@ impl NodeAgent {
         match found {
             Ok(found) => {
                 let identity = found.pair.id;
-                self.view.install_endpoint(found.pair);
+                if let Err(e) = self.view.install_endpoint(&found.cluster, found.pair) {
+                    // Not in the map: retried on the next miss, not before a pause.
+                    self.negative
+                        .lock()
+                        .insert(miss.addr, (Instant::now() + self.config.retry_after, None));
+                    tracing::warn!(addr = %miss.addr, cluster = %found.cluster, error = %e, "resolved but not installed");
+                    let outcome = match e {
+                        InstallError::MapFull(_) => Outcome::MapFull,
+                        InstallError::Failed(_) | InstallError::NotAPrefix => {
+                            Outcome::InstallFailed
+                        }
+                    };
+                    return (outcome, None, e.to_string());
+                }
                 let latency_us = monotonic_ns().saturating_sub(miss.ts_ns) / 1000;
                 self.metrics.observe_latency(latency_us);
                 let mut samples = self.latencies.lock();
@@ -418,6 +501,27 @@ impl NodeAgent {
                 (Outcome::Failed, None, e.to_string())
             }
         }
+    }
+
+    /// The miss hook's cluster list, bounded: at most one entry per known cluster, each
+    /// once, in the hook's order (a module cannot make the agent look a name up over and
+    /// over). Dropped entries are counted.
+    fn bound_clusters(&self, mut clusters: Vec<String>, known: usize) -> Vec<String> {
+        let returned = clusters.len();
+        let mut seen = HashSet::with_capacity(known);
+        clusters.retain(|c| seen.len() < known && seen.insert(c.clone()));
+        let dropped = returned - clusters.len();
+        if dropped > 0 {
+            self.clusters_dropped
+                .fetch_add(dropped as u64, Ordering::Relaxed);
+            tracing::debug!(
+                returned,
+                known,
+                dropped,
+                "miss hook returned more clusters than known"
+            );
+        }
+        clusters
     }
 
     fn finish(

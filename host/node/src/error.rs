@@ -50,6 +50,21 @@ pub enum DatapathError {
     /// A map operation failed.
     #[error("eBPF map: {0}")]
     Map(#[from] aya::maps::MapError),
+    /// A map has no room for another entry (`ENOSPC`/`E2BIG`): the entry is not there.
+    #[error("the {map} map is full")]
+    MapFull {
+        /// The map's name in the program.
+        map: &'static str,
+    },
+    /// A copy of the program could not be bound to the map it must share or read.
+    #[error("binding the program to map {map}: {source}")]
+    Bind {
+        /// The map's name in the program.
+        map: &'static str,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Why an address could not be resolved.
@@ -64,4 +79,18 @@ pub enum ResolveError {
     /// The mesh API or etcd could not be reached or answered garbage.
     #[error("resolver unavailable: {0}")]
     Unavailable(String),
+}
+
+/// Why an endpoint resolved on a miss is not in the standalone ipcache.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum InstallError {
+    /// The map has no room for it.
+    #[error("the {0} map is full")]
+    MapFull(&'static str),
+    /// Writing the map failed otherwise.
+    #[error("writing the {0} map failed")]
+    Failed(&'static str),
+    /// The entry's mask is not a prefix: there is no key to install it under.
+    #[error("the entry's mask is not a prefix")]
+    NotAPrefix,
 }

@@ -4,8 +4,8 @@
 //! ipcache entry and signals them on a ring buffer, deduplicated and rate-limited in the
 //! kernel. The [`agent`] reads the signals ([`events`]), asks the filter engine's miss hook
 //! what to do, resolves the address ([`resolve`]) and installs it, so the sender's next
-//! retransmit gets through. [`view`] keeps the program's maps in step with the local
-//! kvstoremesh cache.
+//! retransmit gets through. [`view`] follows the local kvstoremesh cache into a pure
+//! [`index`], and [`maps`] writes what the index wants into the program's maps.
 #![deny(missing_docs)]
 
 pub mod agent;
@@ -13,14 +13,20 @@ mod caps;
 pub mod datapath;
 mod error;
 pub mod events;
+pub mod index;
+pub mod maps;
 pub mod metrics;
 pub mod probe;
 pub mod resolve;
 pub mod view;
 
-pub use agent::{AgentConfig, NodeAgent, NodeStatus, Outcome};
-pub use datapath::{Attachment, Datapath, DatapathConfig, Direction, IpcacheMode, MissVerdict};
-pub use error::{DatapathError, ResolveError};
+pub use agent::{AgentConfig, MissHook, NodeAgent, NodeStatus, Outcome};
+pub use datapath::{
+    Attachment, CiliumMapStatus, Datapath, DatapathConfig, Direction, IpcacheMode, MissVerdict,
+    PinCheck,
+};
+pub use error::{DatapathError, InstallError, ResolveError};
+pub use index::StaticCidr;
 pub use metrics::NodeMetrics;
 pub use resolve::{Resolution, ResolvedFrom, Resolvers};
-pub use view::{MeshView, StaticCidr};
+pub use view::MeshView;

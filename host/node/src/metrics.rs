@@ -1,6 +1,7 @@
 //! Prometheus metrics of the node agent. Outcomes and latency are recorded as they
-//! happen; the program's per-CPU counters and the reader's counters are read at scrape
-//! time (they live in the kernel and in atomics, not here).
+//! happen; the program's per-CPU counters, the reader's, the map writer's and the Cilium
+//! pin follower's are read at scrape time (they live in the kernel and in the components'
+//! own counters, not here).
 
 use std::sync::atomic::Ordering;
 
@@ -23,6 +24,12 @@ struct CounterLabel {
     counter: &'static str,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MapWriteLabel {
+    map: &'static str,
+    reason: &'static str,
+}
+
 /// The node agent's metrics.
 #[derive(Debug, Clone)]
 pub struct NodeMetrics {
@@ -32,6 +39,12 @@ pub struct NodeMetrics {
     events: Family<CounterLabel, Gauge>,
     in_flight: Gauge,
     negative: Gauge,
+    write_errors: Family<MapWriteLabel, Counter>,
+    writes_pending: Gauge,
+    ipcache_reopens: Counter,
+    ipcache_pin_missing: Gauge,
+    ipcache_pin_refused: Counter,
+    clusters_dropped: Counter,
 }
 
 impl Default for NodeMetrics {
@@ -46,6 +59,12 @@ impl Default for NodeMetrics {
             events: Family::default(),
             in_flight: Gauge::default(),
             negative: Gauge::default(),
+            write_errors: Family::default(),
+            writes_pending: Gauge::default(),
+            ipcache_reopens: Counter::default(),
+            ipcache_pin_missing: Gauge::default(),
+            ipcache_pin_refused: Counter::default(),
+            clusters_dropped: Counter::default(),
         }
     }
 }
@@ -84,6 +103,36 @@ impl NodeMetrics {
             "Addresses not looked up again until their negative entry expires",
             self.negative.clone(),
         );
+        r.register(
+            "map_write_errors",
+            "Failed writes to the program's maps, by map (ipcache, mesh-cidrs) and reason (map-full, error)",
+            self.write_errors.clone(),
+        );
+        r.register(
+            "map_writes_pending",
+            "Entries wanted in a map but not there (failed writes waiting for a retry)",
+            self.writes_pending.clone(),
+        );
+        r.register(
+            "ipcache_reopens",
+            "Times the program was rebound to an ipcache map Cilium recreated",
+            self.ipcache_reopens.clone(),
+        );
+        r.register(
+            "ipcache_pin_missing",
+            "1 while Cilium's ipcache pin is missing (the program reads the map it held)",
+            self.ipcache_pin_missing.clone(),
+        );
+        r.register(
+            "ipcache_pin_refused",
+            "Times a map at Cilium's pin was refused (wrong layout) or could not be bound",
+            self.ipcache_pin_refused.clone(),
+        );
+        r.register(
+            "miss_hook_clusters_dropped",
+            "Cluster names of miss-hook decisions ignored (beyond the known clusters, or repeated)",
+            self.clusters_dropped.clone(),
+        );
     }
 
     pub(crate) fn count_outcome(&self, outcome: &'static str) {
@@ -113,5 +162,28 @@ impl NodeMetrics {
         }
         self.in_flight.set(agent.in_flight() as i64);
         self.negative.set(agent.negative_cached() as i64);
+        let view = agent.view();
+        for (map, reason, total) in view.write_errors() {
+            catch_up(
+                &self.write_errors.get_or_create(&MapWriteLabel {
+                    map: map.as_str(),
+                    reason: reason.as_str(),
+                }),
+                total,
+            );
+        }
+        self.writes_pending.set(view.status().pending as i64);
+        if let Some(cilium) = agent.datapath().cilium_map() {
+            catch_up(&self.ipcache_reopens, cilium.reopens);
+            catch_up(&self.ipcache_pin_refused, cilium.refused);
+            self.ipcache_pin_missing.set(i64::from(cilium.pin_missing));
+        }
+        catch_up(&self.clusters_dropped, agent.clusters_dropped());
     }
+}
+
+/// Brings a counter up to a total kept elsewhere (counters only ever go up; only
+/// [`NodeMetrics::refresh`] moves these).
+fn catch_up(counter: &Counter, total: u64) {
+    counter.inc_by(total.saturating_sub(counter.get()));
 }

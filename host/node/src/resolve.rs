@@ -6,8 +6,8 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
-use etcd_client::Client;
 use meshfilter_cilium::{ClusterName, IpIdentityPair, KvstoreValue, Resource};
+use meshfilter_etcd::{Client, EtcdError, read_serializable};
 
 use crate::error::ResolveError;
 
@@ -113,11 +113,16 @@ impl Resolvers {
             let Ok(name) = ClusterName::new(cluster.as_str()) else {
                 continue;
             };
-            let key = match from {
-                ResolvedFrom::LocalCache => Resource::Endpoints.cache_key(&name, &suffix),
-                _ => Resource::Endpoints.source_key(&name, &suffix),
+            let (etcd, key) = match from {
+                ResolvedFrom::LocalCache => {
+                    ("local", Resource::Endpoints.cache_key(&name, &suffix))
+                }
+                _ => (
+                    cluster.as_str(),
+                    Resource::Endpoints.source_key(&name, &suffix),
+                ),
             };
-            let read = read_entry(client.clone(), &name, &key, &suffix);
+            let read = read_entry(client, etcd, &name, &key, &suffix);
             match tokio::time::timeout(self.timeout, read).await {
                 Ok(Ok(Some(pair))) => {
                     return Ok(Resolution {
@@ -138,24 +143,20 @@ impl Resolvers {
     }
 }
 
-/// The entry under `key`, if there is a valid one. Serializable: answered by the member
-/// itself, no quorum round trip; a value a few milliseconds stale is as good here.
+/// The entry of `cluster` under `key` of `etcd`, if there is a valid one. Serializable:
+/// answered by the member itself, no quorum round trip; a value a few milliseconds stale
+/// is as good here.
 async fn read_entry(
-    mut client: Client,
+    client: &Client,
+    etcd: &str,
     cluster: &ClusterName,
     key: &str,
     ip: &str,
-) -> Result<Option<IpIdentityPair>, etcd_client::Error> {
-    let resp = client
-        .get(
-            key,
-            Some(etcd_client::GetOptions::new().with_serializable()),
-        )
-        .await?;
-    let Some(kv) = resp.kvs().first() else {
+) -> Result<Option<IpIdentityPair>, EtcdError> {
+    let Some(entry) = read_serializable(client, etcd, key).await? else {
         return Ok(None);
     };
-    match IpIdentityPair::parse(cluster, ip, kv.value()) {
+    match IpIdentityPair::parse(cluster, ip, &entry.value) {
         Ok(pair) => Ok(Some(pair)),
         Err(e) => {
             tracing::warn!(key, error = %e, "skipping an invalid ipcache entry");

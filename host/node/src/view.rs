@@ -1,63 +1,44 @@
-//! What the node knows about the mesh, from the local etcd that `meshfilter mesh` (or
-//! kvstoremesh) fills: cluster IDs, remote nodes with their pod CIDRs and regions, and an
-//! in-memory index of every cached endpoint, so a miss on an address that is already in
-//! the local cache resolves without a round trip.
+//! What the node knows about the mesh, kept in step with the local etcd that
+//! `meshfilter mesh` (or kvstoremesh) fills, and the program's maps kept in step with
+//! that knowledge. Three parts with one job each:
 //!
-//! It keeps the program's maps in step: mesh pod CIDRs always; in standalone mode also
-//! the ipcache entries a cilium-agent would install from the same cache (a /32 per
-//! endpoint, a world entry per remote pod CIDR tunnelled to its node, and the world
-//! default routes), so the standalone datapath behaves like the Cilium slice it replaces.
+//! - [`MeshIndex`] holds and decides (pure: cluster IDs, nodes, endpoints, what the maps
+//!   must hold);
+//! - [`MapWriter`] applies the index's changes to the maps and counts what fails;
+//! - [`MeshView`] follows the local etcd with one [`Watcher`] per prefix (paged lists,
+//!   etcd cluster-ID pinning, a relist after compaction or reconnect), hands each
+//!   complete list to the index as a replacement, so what was deleted while the watch was
+//!   down goes too, and runs both off the async workers.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use etcd_client::{Client, EventType, GetOptions, WatchOptions};
 use ipnet::IpNet;
-use meshfilter_cilium::{ClusterName, IpIdentityPair, KvstoreValue, Node};
-use meshfilter_common::ipcache::{RemoteEndpointInfo, WORLD_IPV4_ID, WORLD_IPV6_ID, flags};
-use meshfilter_etcd::Backoff;
-use meshfilter_filter_runtime::{CandidateCluster, Locality};
-use parking_lot::RwLock;
+use meshfilter_cilium::IpIdentityPair;
+use meshfilter_etcd::{Backoff, Change, Client, Entry, WatchEvent, Watcher};
+use meshfilter_filter_runtime::CandidateCluster;
+use parking_lot::{Mutex, RwLock};
 use tokio_util::sync::CancellationToken;
 
 use crate::datapath::{Datapath, IpcacheMode};
+use crate::error::InstallError;
+use crate::index::{IndexConfig, MeshIndex, Source, StaticCidr};
+use crate::maps::{MapKind, MapWriter, WriteFailure, WriteReport};
 
-const CLUSTER_CONFIG_PREFIX: &str = "cilium/cluster-config/";
-const NODES_PREFIX: &str = "cilium/cache/nodes/v1/";
-const ENDPOINTS_PREFIX: &str = "cilium/cache/ip/v1/";
+/// The local etcd's name in logs and errors.
+const LOCAL: &str = "local";
+/// Events buffered per watched prefix (each a page or a watch response).
+const WATCH_QUEUE: usize = 16;
+/// How often writes that failed (a full map) are tried again when nothing else made
+/// room for them.
+const RETRY_EVERY: Duration = Duration::from_secs(10);
 
-/// A pod CIDR declared in the node's config rather than learnt from the cache.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StaticCidr {
-    /// The CIDR.
-    pub cidr: IpNet,
-    /// Cluster owning it.
-    pub cluster: String,
-}
-
-#[derive(Debug, Default)]
-struct State {
-    /// Cluster name → cluster ID.
-    clusters: BTreeMap<String, u32>,
-    /// `(cluster, node name)` → node.
-    nodes: HashMap<(String, String), Node>,
-    /// Cluster → zone and region of (one of) its nodes, kept with the nodes so a miss
-    /// does not scan them.
-    localities: HashMap<String, (Option<String>, Option<String>)>,
-    /// Every endpoint of the local cache.
-    endpoints: HashMap<IpAddr, (String, IpIdentityPair)>,
-    /// Endpoints this view put into the standalone ipcache.
-    installed: HashSet<IpAddr>,
-    /// Mesh pod CIDRs currently in the map, with their owner.
-    mesh_cidrs: HashMap<IpNet, (String, u16)>,
-    /// Values of pod-CIDR world entries currently in the ipcache (standalone).
-    cidr_entries: HashMap<IpNet, RemoteEndpointInfo>,
-    /// Counts of values that did not parse, per prefix.
-    invalid: u64,
-    /// Which of the three prefixes finished their first list.
-    synced: HashSet<&'static str>,
+/// The local etcd is next to the node: reconnect fast.
+fn watch_backoff() -> Backoff {
+    Backoff::new(Duration::from_millis(200), Duration::from_secs(10))
 }
 
 /// Counts shown in status and metrics.
@@ -72,21 +53,33 @@ pub struct ViewStatus {
     pub mesh_cidrs: usize,
     /// Endpoints in the local cache.
     pub endpoints: usize,
-    /// Endpoints installed in the standalone ipcache (cached or resolved).
-    pub installed: usize,
+    /// Endpoints resolved on a miss and wanted in the standalone ipcache.
+    pub resolved: usize,
+    /// Entries in the standalone ipcache (endpoints, pod CIDRs, world routes).
+    pub ipcache_entries: usize,
+    /// Entries wanted in a map but not there (failed writes waiting for a retry).
+    pub pending: usize,
+    /// Failed map writes, by `map/reason` (`ipcache/map-full`, `mesh-cidrs/error`).
+    pub write_errors: BTreeMap<String, u64>,
     /// Values that did not parse.
     pub invalid: u64,
+    /// Complete lists of the local cache's prefixes so far.
+    pub lists: u64,
+    /// Interrupted lists and watches.
+    pub watch_errors: u64,
     /// Every watched prefix finished its first list.
     pub synced: bool,
 }
 
-/// The node's view of the mesh.
+/// The node's view of the mesh. See the module documentation.
 pub struct MeshView {
     datapath: Arc<Datapath>,
-    static_cidrs: Vec<StaticCidr>,
-    state: RwLock<State>,
+    index: RwLock<MeshIndex>,
+    /// Also orders writes: the index's changes are taken and applied under this lock.
+    writer: Mutex<MapWriter>,
     standalone: bool,
-    mirror_cache: bool,
+    lists: AtomicU64,
+    watch_errors: AtomicU64,
 }
 
 impl std::fmt::Debug for MeshView {
@@ -108,444 +101,223 @@ impl MeshView {
         mirror_cache: bool,
     ) -> Arc<MeshView> {
         let standalone = matches!(datapath.mode(), IpcacheMode::Standalone);
-        let view = Arc::new(MeshView {
-            datapath,
-            static_cidrs,
-            state: RwLock::new(State::default()),
+        let index = MeshIndex::new(IndexConfig {
             standalone,
             mirror_cache: standalone && mirror_cache,
+            static_cidrs,
         });
-        view.install_defaults();
-        view.refresh_cidrs();
+        let view = Arc::new(MeshView {
+            datapath,
+            index: RwLock::new(index),
+            writer: Mutex::new(MapWriter::new()),
+            standalone,
+            lists: AtomicU64::new(0),
+            watch_errors: AtomicU64::new(0),
+        });
+        view.flush();
         view
     }
 
     /// Status counts.
     pub fn status(&self) -> ViewStatus {
-        let s = self.state.read();
-        let wanted = 3;
+        let counts = self.index.read().counts();
+        let writer = self.writer.lock();
+        let (ipcache_entries, mesh_cidrs) = writer.written();
         ViewStatus {
-            clusters: s.clusters.clone(),
-            nodes: s.nodes.len(),
-            mesh_cidrs: s.mesh_cidrs.len(),
-            endpoints: s.endpoints.len(),
-            installed: s.installed.len(),
-            invalid: s.invalid,
-            synced: s.synced.len() >= wanted,
+            clusters: counts.clusters,
+            nodes: counts.nodes,
+            mesh_cidrs,
+            endpoints: counts.endpoints,
+            resolved: counts.resolved,
+            ipcache_entries,
+            pending: writer.pending(),
+            write_errors: writer
+                .errors()
+                .iter()
+                .map(|((map, why), n)| (format!("{}/{}", map.as_str(), why.as_str()), *n))
+                .collect(),
+            invalid: counts.invalid,
+            lists: self.lists.load(Ordering::Relaxed),
+            watch_errors: self.watch_errors.load(Ordering::Relaxed),
+            synced: counts.synced,
         }
+    }
+
+    /// Failed map writes so far, by map and reason (for metrics).
+    pub fn write_errors(&self) -> Vec<(MapKind, WriteFailure, u64)> {
+        let writer = self.writer.lock();
+        writer
+            .errors()
+            .iter()
+            .map(|((map, why), n)| (*map, *why, *n))
+            .collect()
     }
 
     /// Name of the cluster with this ID.
     pub fn cluster_name(&self, id: u16) -> Option<String> {
-        let s = self.state.read();
-        s.clusters
-            .iter()
-            .find(|(_, cid)| **cid == u32::from(id))
-            .map(|(n, _)| n.clone())
+        self.index.read().cluster_name(id).map(str::to_owned)
     }
 
     /// The mesh pod CIDR containing `addr` and its owner.
     pub fn owner_of(&self, addr: IpAddr) -> Option<(IpNet, String)> {
-        let s = self.state.read();
-        s.mesh_cidrs
-            .iter()
-            .filter(|(net, _)| net.contains(&addr))
-            .max_by_key(|(net, _)| net.prefix_len())
-            .map(|(n, (c, _))| (*n, c.clone()))
+        let index = self.index.read();
+        index.owner_of(addr).map(|(net, c)| (net, c.to_owned()))
     }
 
-    /// Clusters that could own `addr`, as the miss hook sees them: every known cluster
-    /// with its region and zone (from its nodes), owners of a covering CIDR marked.
+    /// Clusters that could own `addr`, as the miss hook sees them (see
+    /// [`MeshIndex::candidates`]).
     pub fn candidates(&self, addr: IpAddr, hinted_cluster: Option<&str>) -> Vec<CandidateCluster> {
-        // The kernel already found the covering CIDR's cluster; scan only without it.
-        let owner = match hinted_cluster {
-            Some(c) => Some(c.to_owned()),
-            None => self.owner_of(addr).map(|(_, c)| c),
-        };
-        let s = self.state.read();
-        let mut names: Vec<&String> = s.clusters.keys().collect();
-        for c in self.static_cidrs.iter().map(|c| &c.cluster) {
-            if !names.contains(&c) {
-                names.push(c);
-            }
-        }
-        names
-            .into_iter()
-            .map(|cluster| {
-                let (zone, region) = s.localities.get(cluster).cloned().unwrap_or_default();
-                CandidateCluster {
-                    owns_prefix: owner.as_deref() == Some(cluster.as_str()),
-                    locality: Locality {
-                        zone,
-                        region,
-                        cluster: cluster.clone(),
-                    },
-                }
-            })
-            .collect()
-    }
-
-    /// Follows the local etcd until cancelled, reconnecting with backoff.
-    pub async fn run(self: Arc<Self>, client: Client, cancel: CancellationToken) {
-        let prefixes = vec![CLUSTER_CONFIG_PREFIX, NODES_PREFIX, ENDPOINTS_PREFIX];
-        let tasks: Vec<_> = prefixes
-            .into_iter()
-            .map(|prefix| {
-                let view = self.clone();
-                let client = client.clone();
-                let cancel = cancel.clone();
-                tokio::spawn(async move { view.follow(client, prefix, cancel).await })
-            })
-            .collect();
-        for t in tasks {
-            let _ = t.await;
-        }
-    }
-
-    async fn follow(&self, mut client: Client, prefix: &'static str, cancel: CancellationToken) {
-        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
-        loop {
-            let result = tokio::select! {
-                _ = cancel.cancelled() => return,
-                r = self.list_and_watch(&mut client, prefix, &mut backoff) => r,
-            };
-            let delay = backoff.next_delay();
-            tracing::warn!(prefix, error = %result.err().map(|e| e.to_string()).unwrap_or_default(), ?delay, "local etcd watch ended, re-listing");
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                _ = tokio::time::sleep(delay) => {}
-            }
-        }
-    }
-
-    async fn list_and_watch(
-        &self,
-        client: &mut Client,
-        prefix: &'static str,
-        backoff: &mut Backoff,
-    ) -> Result<(), etcd_client::Error> {
-        let listed = client
-            .get(prefix, Some(GetOptions::new().with_prefix()))
-            .await?;
-        let revision = listed.header().map_or(0, |h| h.revision());
-        let snapshot: Vec<(String, Vec<u8>)> = listed
-            .kvs()
-            .iter()
-            .filter_map(|kv| Some((kv.key_str().ok()?.to_owned(), kv.value().to_vec())))
-            .collect();
-        self.replace(prefix, snapshot);
-        self.state.write().synced.insert(prefix);
-        backoff.reset();
-        let mut watch_client = client.watch_client();
-        let mut stream = watch_client
-            .watch(
-                prefix,
-                Some(
-                    WatchOptions::new()
-                        .with_prefix()
-                        .with_start_revision(revision + 1),
-                ),
-            )
-            .await?;
-        while let Some(resp) = stream.message().await? {
-            if resp.canceled() || resp.compact_revision() > 0 {
-                return Err(etcd_client::Error::WatchError(format!(
-                    "watch on {prefix} cancelled (compacted at {})",
-                    resp.compact_revision()
-                )));
-            }
-            for event in resp.events() {
-                let Some(kv) = event.kv() else { continue };
-                let Ok(key) = kv.key_str() else { continue };
-                match event.event_type() {
-                    EventType::Put => self.put(prefix, key, kv.value()),
-                    EventType::Delete => self.delete(prefix, key),
-                }
-                if prefix != ENDPOINTS_PREFIX {
-                    self.refresh_cidrs();
-                }
-            }
-        }
-        Err(etcd_client::Error::WatchError(format!(
-            "watch on {prefix} closed"
-        )))
-    }
-
-    /// Replaces everything under `prefix` with a fresh listing (after a reconnect).
-    fn replace(&self, prefix: &'static str, snapshot: Vec<(String, Vec<u8>)>) {
-        let listed: HashSet<&str> = snapshot.iter().map(|(k, _)| k.as_str()).collect();
-        let stale: Vec<String> = {
-            let s = self.state.read();
-            match prefix {
-                CLUSTER_CONFIG_PREFIX => s
-                    .clusters
-                    .keys()
-                    .map(|c| format!("{CLUSTER_CONFIG_PREFIX}{c}"))
-                    .collect(),
-                NODES_PREFIX => s
-                    .nodes
-                    .keys()
-                    .map(|(c, n)| format!("{NODES_PREFIX}{c}/{n}"))
-                    .collect(),
-                _ => s
-                    .endpoints
-                    .iter()
-                    .map(|(ip, (c, _))| format!("{ENDPOINTS_PREFIX}{c}/{ip}"))
-                    .collect(),
-            }
-        };
-        for key in stale.iter().filter(|k| !listed.contains(k.as_str())) {
-            self.delete(prefix, key);
-        }
-        for (key, value) in &snapshot {
-            self.put(prefix, key, value);
-        }
-        // Once per listing, not once per node: a relist of thousands of nodes would
-        // otherwise recompute every CIDR thousands of times. Cluster configs count too:
-        // they give the CIDRs their cluster IDs.
-        if prefix != ENDPOINTS_PREFIX {
-            self.refresh_cidrs();
-        }
-    }
-
-    fn put(&self, prefix: &'static str, key: &str, value: &[u8]) {
-        let Some(rest) = key.strip_prefix(prefix) else {
-            return;
-        };
-        match prefix {
-            CLUSTER_CONFIG_PREFIX => {
-                let Ok(name) = ClusterName::new(rest) else {
-                    return;
-                };
-                match meshfilter_cilium::CiliumClusterConfig::parse(&name, rest, value) {
-                    Ok(config) => {
-                        self.state
-                            .write()
-                            .clusters
-                            .insert(rest.to_owned(), config.id);
-                    }
-                    Err(e) => self.invalid(key, &e),
-                }
-            }
-            NODES_PREFIX => {
-                let Some((cluster, name)) = rest.split_once('/') else {
-                    return;
-                };
-                let Ok(cluster_name) = ClusterName::new(cluster) else {
-                    return;
-                };
-                match Node::parse(&cluster_name, name, value) {
-                    Ok(node) => {
-                        self.state
-                            .write()
-                            .nodes
-                            .insert((cluster.to_owned(), name.to_owned()), node);
-                    }
-                    Err(e) => self.invalid(key, &e),
-                }
-            }
-            _ => {
-                let Some((cluster, ip)) = rest.split_once('/') else {
-                    return;
-                };
-                let Ok(cluster_name) = ClusterName::new(cluster) else {
-                    return;
-                };
-                match IpIdentityPair::parse(&cluster_name, ip, value) {
-                    Ok(pair) => {
-                        let addr = pair.ip();
-                        self.state
-                            .write()
-                            .endpoints
-                            .insert(addr, (cluster.to_owned(), pair.clone()));
-                        if self.mirror_cache {
-                            self.install_endpoint(pair);
-                        }
-                    }
-                    Err(e) => self.invalid(key, &e),
-                }
-            }
-        }
-    }
-
-    fn delete(&self, prefix: &'static str, key: &str) {
-        let Some(rest) = key.strip_prefix(prefix) else {
-            return;
-        };
-        match prefix {
-            CLUSTER_CONFIG_PREFIX => {
-                self.state.write().clusters.remove(rest);
-            }
-            NODES_PREFIX => {
-                let Some((cluster, name)) = rest.split_once('/') else {
-                    return;
-                };
-                self.state
-                    .write()
-                    .nodes
-                    .remove(&(cluster.to_owned(), name.to_owned()));
-            }
-            _ => {
-                let Some((cluster, ip)) = rest.split_once('/') else {
-                    return;
-                };
-                let Ok(ip) = ip.parse::<IpAddr>() else { return };
-                // The entry left the cache (deleted, or its resolve lease ended): it
-                // leaves the standalone ipcache too, whoever installed it.
-                let removed = {
-                    let mut s = self.state.write();
-                    match s.endpoints.get(&ip) {
-                        Some((c, _)) if c == cluster => {
-                            s.endpoints.remove(&ip);
-                            s.installed.remove(&ip)
-                        }
-                        _ => false,
-                    }
-                };
-                if removed && let Err(e) = self.datapath.remove_ipcache(IpNet::from(ip)) {
-                    tracing::warn!(%ip, error = %e, "removing an ipcache entry");
-                }
-            }
-        }
-    }
-
-    fn invalid(&self, key: &str, error: &dyn std::fmt::Display) {
-        self.state.write().invalid += 1;
-        tracing::warn!(key, %error, "skipping an invalid value in the local cache");
+        self.index.read().candidates(addr, hinted_cluster)
     }
 
     /// The local cache's entry for `addr`, if one of `clusters` has it.
     pub fn cached(&self, addr: IpAddr, clusters: &[String]) -> Option<(String, IpIdentityPair)> {
-        let s = self.state.read();
-        let (cluster, pair) = s.endpoints.get(&addr)?;
-        clusters
-            .iter()
-            .any(|c| c == cluster)
-            .then(|| (cluster.clone(), pair.clone()))
+        self.index.read().cached(addr, clusters)
     }
 
-    /// Installs a resolved or cached endpoint into the standalone ipcache (a no-op in
-    /// cilium mode, where the agent installs what the local cache holds).
-    pub fn install_endpoint(&self, pair: IpIdentityPair) {
+    /// Installs an endpoint of `cluster` resolved on a miss into the standalone ipcache
+    /// (a no-op in cilium mode, where the agent installs what the local cache holds).
+    /// `Ok` only once the entry is in the map; a failed write is forgotten again, so the
+    /// next miss of the address tries anew.
+    pub fn install_endpoint(
+        &self,
+        cluster: &str,
+        pair: IpIdentityPair,
+    ) -> Result<(), InstallError> {
         if !self.standalone {
-            return;
+            return Ok(());
         }
-        let ip = pair.ip();
-        let info = endpoint_info(pair.id, pair.host_ip(), pair.key);
-        match self.datapath.upsert_ipcache(IpNet::from(ip), info) {
-            Ok(()) => {
-                self.state.write().installed.insert(ip);
+        let mut writer = self.writer.lock();
+        let (prefix, changes) = {
+            let mut index = self.index.write();
+            let prefix = index
+                .add_resolved(cluster, pair)
+                .ok_or(InstallError::NotAPrefix)?;
+            (prefix, index.take_changes())
+        };
+        let report = writer.apply(changes, &*self.datapath);
+        let Some(failure) = report.failure_of((MapKind::Ipcache, prefix)) else {
+            return Ok(());
+        };
+        let changes = {
+            let mut index = self.index.write();
+            index.forget_resolved(prefix);
+            index.take_changes()
+        };
+        writer.apply(changes, &*self.datapath);
+        Err(match failure {
+            WriteFailure::MapFull => InstallError::MapFull(MapKind::Ipcache.as_str()),
+            WriteFailure::Error => InstallError::Failed(MapKind::Ipcache.as_str()),
+        })
+    }
+
+    /// Writes what changed in the index to the maps.
+    pub fn flush(&self) -> WriteReport {
+        let mut writer = self.writer.lock();
+        let changes = self.index.write().take_changes();
+        writer.apply(changes, &*self.datapath)
+    }
+
+    /// Follows the local etcd until cancelled: one watcher per prefix, each retrying with
+    /// its own backoff; index and map updates run off the async workers.
+    pub async fn run(self: Arc<Self>, client: Client, cancel: CancellationToken) {
+        let watch = |source: Source| {
+            let span = tracing::info_span!("local_cache", etcd = LOCAL, source = source.name());
+            span.in_scope(|| {
+                Watcher::new(LOCAL, client.clone(), source.prefix())
+                    .with_backoff(watch_backoff())
+                    .spawn(WATCH_QUEUE, cancel.clone())
+            })
+        };
+        let (mut configs, configs_task) = watch(Source::ClusterConfigs);
+        let (mut nodes, nodes_task) = watch(Source::Nodes);
+        let (mut endpoints, endpoints_task) = watch(Source::Endpoints);
+        let mut listing: [Vec<Entry>; 3] = Default::default();
+        let mut retry = tokio::time::interval(RETRY_EVERY);
+        retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let (source, event) = tokio::select! {
+                _ = cancel.cancelled() => break,
+                Some(event) = configs.recv() => (Source::ClusterConfigs, event),
+                Some(event) = nodes.recv() => (Source::Nodes, event),
+                Some(event) = endpoints.recv() => (Source::Endpoints, event),
+                _ = retry.tick() => {
+                    self.off_workers(MeshView::retry_pending).await;
+                    continue;
+                }
+            };
+            let staged = &mut listing[source.slot()];
+            match event {
+                WatchEvent::Init => staged.clear(),
+                WatchEvent::InitPage(entries) => staged.extend(entries),
+                WatchEvent::InitDone { revision, .. } => {
+                    let entries = std::mem::take(staged);
+                    tracing::debug!(
+                        source = source.name(),
+                        revision,
+                        entries = entries.len(),
+                        "local cache listed"
+                    );
+                    self.lists.fetch_add(1, Ordering::Relaxed);
+                    self.off_workers(move |view| view.replace(source, &entries))
+                        .await;
+                }
+                WatchEvent::Changes(changes) => {
+                    self.off_workers(move |view| view.apply(source, &changes))
+                        .await;
+                }
+                WatchEvent::Error(error) => {
+                    // The watcher logged it and retries; a relist follows.
+                    tracing::debug!(source = source.name(), %error, "local cache watch interrupted");
+                    self.watch_errors.fetch_add(1, Ordering::Relaxed);
+                }
+                WatchEvent::Gated { .. } => {}
             }
-            Err(e) => tracing::warn!(%ip, error = %e, "installing an ipcache entry"),
+        }
+        for task in [configs_task, nodes_task, endpoints_task] {
+            let _ = task.await;
         }
     }
 
-    /// The world routes a cilium-agent installs (`0.0.0.0/0`, `::/0`).
-    fn install_defaults(&self) {
-        if !self.standalone {
-            return;
-        }
-        for (net, id) in [("0.0.0.0/0", WORLD_IPV4_ID), ("::/0", WORLD_IPV6_ID)] {
-            let net: IpNet = net.parse().expect("literal");
-            if let Err(e) = self
-                .datapath
-                .upsert_ipcache(net, endpoint_info(id, None, 0))
-            {
-                tracing::warn!(%net, error = %e, "installing the world entry");
-            }
+    /// Runs `work` on a blocking thread: parsing a listing and writing thousands of map
+    /// entries must not hold an async worker.
+    async fn off_workers(self: &Arc<Self>, work: impl FnOnce(&MeshView) + Send + 'static) {
+        let view = self.clone();
+        if let Err(e) = tokio::task::spawn_blocking(move || work(&view)).await {
+            tracing::error!(error = %e, "updating the mesh view failed");
         }
     }
 
-    /// Recomputes the mesh pod CIDRs (and, standalone, their tunnelled world entries)
-    /// from static config plus remote nodes, and applies the difference.
-    fn refresh_cidrs(&self) {
-        let mut s = self.state.write();
-        let mut wanted: HashMap<IpNet, (String, Option<IpAddr>)> = HashMap::new();
-        for c in &self.static_cidrs {
-            wanted.insert(c.cidr.trunc(), (c.cluster.clone(), None));
-        }
-        let mut localities = HashMap::new();
-        for ((cluster, _), node) in &s.nodes {
-            localities.entry(cluster.clone()).or_insert_with(|| {
-                (
-                    node.zone().map(str::to_owned),
-                    node.region().map(str::to_owned),
-                )
-            });
-            let tunnel = node.internal_ips().into_iter().next();
-            for cidr in node.pod_cidrs() {
-                wanted.insert(cidr.trunc(), (cluster.clone(), tunnel));
-            }
-        }
-        s.localities = localities;
-        let gone: Vec<IpNet> = s
-            .mesh_cidrs
-            .keys()
-            .filter(|n| !wanted.contains_key(n))
-            .copied()
-            .collect();
-        for net in gone {
-            s.mesh_cidrs.remove(&net);
-            if let Err(e) = self.datapath.remove_mesh_cidr(net) {
-                tracing::warn!(%net, error = %e, "removing a mesh pod CIDR");
-            }
-            if s.cidr_entries.remove(&net).is_some()
-                && let Err(e) = self.datapath.remove_ipcache(net)
-            {
-                tracing::warn!(%net, error = %e, "removing a pod CIDR entry");
-            }
-        }
-        for (net, (cluster, tunnel)) in wanted {
-            let cluster_id = s.clusters.get(&cluster).copied().unwrap_or(0) as u16;
-            let owner = (cluster, cluster_id);
-            if s.mesh_cidrs.get(&net) != Some(&owner) {
-                match self.datapath.upsert_mesh_cidr(net, cluster_id) {
-                    Ok(()) => {
-                        s.mesh_cidrs.insert(net, owner);
-                    }
-                    Err(e) => tracing::warn!(%net, error = %e, "adding a mesh pod CIDR"),
+    fn replace(&self, source: Source, entries: &[Entry]) {
+        self.index.write().replace(
+            source,
+            entries.iter().map(|e| (e.key.as_str(), &e.value[..])),
+        );
+        self.flush();
+    }
+
+    fn apply(&self, source: Source, changes: &[Change]) {
+        {
+            let mut index = self.index.write();
+            for change in changes {
+                match change {
+                    Change::Put(entry) => index.put(source, &entry.key, &entry.value),
+                    Change::Delete { key } => index.delete(source, key),
                 }
             }
-            if self.standalone && tunnel.is_some() {
-                let world = if net.addr().is_ipv4() {
-                    WORLD_IPV4_ID
-                } else {
-                    WORLD_IPV6_ID
-                };
-                let info = endpoint_info(world, tunnel, 0);
-                if s.cidr_entries.get(&net) != Some(&info) {
-                    match self.datapath.upsert_ipcache(net, info) {
-                        Ok(()) => {
-                            s.cidr_entries.insert(net, info);
-                        }
-                        Err(e) => tracing::warn!(%net, error = %e, "adding a pod CIDR entry"),
-                    }
-                }
-            }
         }
+        self.flush();
     }
-}
 
-/// An ipcache value as Cilium writes it for a remote endpoint or pod CIDR.
-pub fn endpoint_info(identity: u32, tunnel: Option<IpAddr>, key: u8) -> RemoteEndpointInfo {
-    let mut tunnel_endpoint = [0u8; 16];
-    let mut bits = 0u8;
-    match tunnel {
-        Some(IpAddr::V4(v4)) => {
-            tunnel_endpoint[..4].copy_from_slice(&v4.octets());
-            bits |= flags::HAS_TUNNEL_EP;
+    fn retry_pending(&self) {
+        let mut writer = self.writer.lock();
+        if writer.pending() > 0 {
+            let report = writer.retry(&*self.datapath);
+            tracing::debug!(
+                written = report.written,
+                still_failing = report.failed.len(),
+                "retried failed map writes"
+            );
         }
-        Some(IpAddr::V6(v6)) => {
-            tunnel_endpoint = v6.octets();
-            bits |= flags::HAS_TUNNEL_EP | flags::IPV6_TUNNEL_EP;
-        }
-        None => {}
-    }
-    RemoteEndpointInfo {
-        sec_identity: identity,
-        tunnel_endpoint,
-        pad: 0,
-        key,
-        flags: bits,
     }
 }

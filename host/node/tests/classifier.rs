@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use meshfilter_common::ipcache::{WORLD_ID, WORLD_IPV4_ID, stat};
 use meshfilter_node::events::Miss;
+use meshfilter_node::index::endpoint_info;
 use meshfilter_node::probe::{ipv4_frame, ipv6_frame};
-use meshfilter_node::view::endpoint_info;
 use meshfilter_node::{Datapath, DatapathConfig, MissVerdict};
 
 const TC_ACT_SHOT: i32 = 2;
@@ -255,4 +255,61 @@ fn per_packet_cost_is_small() {
         .unwrap();
     eprintln!("per packet: hit {hit:?}, suppressed miss {miss:?}");
     assert!(hit < Duration::from_micros(5) && miss < Duration::from_micros(5));
+}
+
+/// A full map refuses a new entry with `MapFull` (and the entry is not there), while
+/// entries already in it can still be changed.
+#[test]
+fn a_full_map_refuses_new_entries() {
+    let dp = load(DatapathConfig {
+        ipcache_entries: 4,
+        mesh_cidr_entries: 2,
+        ..Default::default()
+    });
+    for i in 1..=4u8 {
+        dp.upsert_ipcache(
+            format!("198.51.100.{i}/32").parse().unwrap(),
+            endpoint_info(70_000 + u32::from(i), None, 0),
+        )
+        .expect("room for four");
+    }
+    let fifth: ipnet::IpNet = "198.51.100.5/32".parse().unwrap();
+    let err = dp
+        .upsert_ipcache(fifth, endpoint_info(70_005, None, 0))
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            meshfilter_node::DatapathError::MapFull { map: "IPCACHE" }
+        ),
+        "{err}"
+    );
+    assert_eq!(dp.ipcache_entries().len(), 4);
+    assert!(dp.ipcache_entries().iter().all(|(net, _)| *net != fifth));
+
+    dp.upsert_mesh_cidr("198.51.100.0/24".parse().unwrap(), 2)
+        .unwrap();
+    dp.upsert_mesh_cidr("198.51.101.0/24".parse().unwrap(), 2)
+        .unwrap();
+    let err = dp
+        .upsert_mesh_cidr("198.51.102.0/24".parse().unwrap(), 2)
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            meshfilter_node::DatapathError::MapFull { map: "MESH_CIDRS" }
+        ),
+        "{err}"
+    );
+    // An entry already there can still change.
+    dp.upsert_ipcache(
+        "198.51.100.2/32".parse().unwrap(),
+        endpoint_info(80_000, None, 0),
+    )
+    .expect("in-place update of a full map");
+    // Room again after a removal.
+    dp.remove_ipcache("198.51.100.1/32".parse().unwrap())
+        .unwrap();
+    dp.upsert_ipcache(fifth, endpoint_info(70_005, None, 0))
+        .expect("room after a removal");
 }

@@ -17,8 +17,8 @@ use anyhow::{Context, bail};
 use etcd_client::Client;
 use meshfilter_cilium::{ClusterName, Resource};
 use meshfilter_local_etcd::EtcdServer;
+use meshfilter_node::index::endpoint_info;
 use meshfilter_node::probe::ipv4_frame;
-use meshfilter_node::view::endpoint_info;
 use meshfilter_node::{
     AgentConfig, Datapath, DatapathConfig, MeshView, MissVerdict, NodeAgent, NodeMetrics,
     Resolvers, StaticCidr,

@@ -41,6 +41,7 @@ async fn serve(config: NodeConfig) -> anyhow::Result<()> {
             burst: config.events.burst,
             verdict: config.miss_verdict,
             check_source: config.check_source,
+            ..DatapathConfig::default()
         })
         .context("loading the eBPF classifier")?,
     );
