@@ -642,7 +642,7 @@ pub fn endpoint_info(identity: u32, tunnel: Option<IpAddr>, key: u8) -> RemoteEn
 mod tests {
     use meshfilter_cilium::keys::cluster_config_key;
     use meshfilter_cilium::node::{INTERNAL_IP, NodeAddress};
-    use meshfilter_common::labels::{TOPOLOGY_REGION, TOPOLOGY_ZONE};
+    use meshfilter_contract::labels::{TOPOLOGY_REGION, TOPOLOGY_ZONE};
 
     use super::*;
 

@@ -9,6 +9,8 @@ use std::time::Duration;
 use meshfilter_cilium::{ClusterName, IpIdentityPair, KvstoreValue, Resource};
 use meshfilter_etcd::{Client, EtcdError, read_serializable};
 
+use meshfilter_api::MeshClient;
+
 use crate::error::ResolveError;
 
 /// Where a resolution came from.
@@ -51,9 +53,8 @@ pub struct Resolvers {
     local: Option<Client>,
     /// Remote clusters' etcds (the clustermesh-apiserver's), read directly.
     remotes: std::collections::BTreeMap<String, Client>,
-    mesh_api: Option<String>,
-    /// One HTTP agent, so connections to the mesh are kept alive between lookups.
-    http: ureq::Agent,
+    /// The mesh's resolve API (one client: connections are kept alive between lookups).
+    mesh: Option<MeshClient>,
     timeout: Duration,
 }
 
@@ -62,7 +63,7 @@ impl std::fmt::Debug for Resolvers {
         f.debug_struct("Resolvers")
             .field("local_cache", &self.local.is_some())
             .field("remotes", &self.remotes.keys().collect::<Vec<_>>())
-            .field("mesh_api", &self.mesh_api)
+            .field("mesh_api", &self.mesh.as_ref().map(MeshClient::base))
             .field("timeout", &self.timeout)
             .finish()
     }
@@ -74,8 +75,7 @@ impl Resolvers {
         Resolvers {
             local,
             remotes: std::collections::BTreeMap::new(),
-            mesh_api: mesh_api.map(|u| u.trim_end_matches('/').to_owned()),
-            http: ureq::AgentBuilder::new().timeout(timeout).build(),
+            mesh: mesh_api.map(|url| MeshClient::new(&url, timeout)),
             timeout,
         }
     }
@@ -136,8 +136,8 @@ impl Resolvers {
                 Err(_) => tracing::debug!(key, "etcd lookup timed out"),
             }
         }
-        match &self.mesh_api {
-            Some(url) => mesh_lookup(self.http.clone(), url.clone(), addr).await,
+        match &self.mesh {
+            Some(mesh) => mesh_lookup(mesh.clone(), addr).await,
             None => Err(ResolveError::NotFound),
         }
     }
@@ -165,40 +165,21 @@ async fn read_entry(
     }
 }
 
-#[derive(serde::Deserialize)]
-struct MeshResolved {
-    cluster: String,
-    value: String,
-}
-
-async fn mesh_lookup(
-    http: ureq::Agent,
-    base: String,
-    addr: IpAddr,
-) -> Result<Resolution, ResolveError> {
-    let url = format!("{base}/resolve?ip={addr}");
-    let answer = tokio::task::spawn_blocking(move || match http.get(&url).call() {
-        Ok(resp) => {
-            let body = resp
-                .into_string()
-                .map_err(|e| ResolveError::Unavailable(format!("reading {url}: {e}")))?;
-            Ok(body)
-        }
-        Err(ureq::Error::Status(404, _)) => Err(ResolveError::NotFound),
-        Err(ureq::Error::Status(code @ (429 | 503), resp)) => Err(ResolveError::Busy(format!(
-            "{code}: {}",
-            resp.into_string().unwrap_or_default()
-        ))),
-        Err(ureq::Error::Status(code, resp)) => Err(ResolveError::Unavailable(format!(
-            "{url} answered {code}: {}",
-            resp.into_string().unwrap_or_default()
-        ))),
-        Err(e) => Err(ResolveError::Unavailable(format!("{url}: {e}"))),
-    })
-    .await
-    .map_err(|e| ResolveError::Unavailable(e.to_string()))??;
-    let resolved: MeshResolved = serde_json::from_str(&answer)
-        .map_err(|e| ResolveError::Unavailable(format!("mesh answer for {addr}: {e}")))?;
+/// Asks `meshfilter mesh` (the shared API client, off the async workers).
+async fn mesh_lookup(mesh: MeshClient, addr: IpAddr) -> Result<Resolution, ResolveError> {
+    let answer = tokio::task::spawn_blocking(move || mesh.resolve(addr))
+        .await
+        .map_err(|e| ResolveError::Unavailable(e.to_string()))?
+        .map_err(|e| ResolveError::Unavailable(e.to_string()))?;
+    let resolved = match answer {
+        Ok(resolved) => resolved,
+        Err(
+            meshfilter_api::ResolveError::NotFound { .. }
+            | meshfilter_api::ResolveError::NegativeCached { .. },
+        ) => return Err(ResolveError::NotFound),
+        Err(e) if e.is_transient() => return Err(ResolveError::Busy(e.to_string())),
+        Err(e) => return Err(ResolveError::Unavailable(e.to_string())),
+    };
     let name = ClusterName::new(resolved.cluster.as_str())
         .map_err(|e| ResolveError::Unavailable(format!("mesh answer for {addr}: {e}")))?;
     let pair = IpIdentityPair::parse(&name, &addr.to_string(), resolved.value.as_bytes())

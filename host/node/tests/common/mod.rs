@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use meshfilter_cilium::keys::cluster_config_key;
 use meshfilter_cilium::node::{INTERNAL_IP, NodeAddress};
 use meshfilter_cilium::{CiliumClusterConfig, ClusterName, IpIdentityPair, Node, Resource};
-use meshfilter_common::labels::TOPOLOGY_REGION;
+use meshfilter_contract::labels::TOPOLOGY_REGION;
 use meshfilter_etcd::Client;
 
 pub fn cluster(name: &str) -> ClusterName {
