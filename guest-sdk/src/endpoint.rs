@@ -96,7 +96,10 @@ impl Endpoint {
     /// Where the endpoint is: its cluster, and its node's zone and region. On the export
     /// side the cluster is this one.
     // Identity on native; converts the generated record on wasm32.
-    #[allow(clippy::useless_conversion)]
+    #[allow(
+        clippy::useless_conversion,
+        reason = "the conversion is needed on wasm32, where the WIT type differs"
+    )]
     pub fn origin(&self) -> Locality {
         self.inner.origin().into()
     }

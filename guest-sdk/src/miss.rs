@@ -45,7 +45,10 @@ impl MissRequest {
     /// Remote clusters that could own the address, the owner of the covering pod CIDR (if
     /// known) first.
     // Identity on native; converts the generated records on wasm32.
-    #[allow(clippy::useless_conversion)]
+    #[allow(
+        clippy::useless_conversion,
+        reason = "the conversion is needed on wasm32, where the WIT type differs"
+    )]
     pub fn candidates(&self) -> Vec<Candidate> {
         self.inner
             .candidates()

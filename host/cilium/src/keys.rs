@@ -314,9 +314,9 @@ pub fn parse_cluster_config_key(key: &str) -> Result<ClusterName, KeyError> {
             key: key.to_owned(),
             expected: "cluster config",
         })?;
-    ClusterName::new(name).map_err(|source| KeyError::InvalidCluster {
+    ClusterName::new(name).map_err(|error| KeyError::InvalidCluster {
         key: key.to_owned(),
-        source,
+        error,
     })
 }
 
@@ -379,13 +379,12 @@ pub enum KeyError {
         found: String,
     },
     /// The cluster segment of the key is not a valid cluster name.
-    #[error("key {key:?}: {source}")]
+    #[error("key {key:?}: {error}")]
     InvalidCluster {
         /// The key.
         key: String,
         /// What is wrong with the name.
-        #[source]
-        source: ClusterNameError,
+        error: ClusterNameError,
     },
 }
 
@@ -438,9 +437,9 @@ pub fn parse_key(key: &str) -> Result<ParsedKey<'_>, KeyError> {
         return Err(not_resource());
     }
     if let Some(cluster) = cluster {
-        validate_cluster_name(cluster).map_err(|source| KeyError::InvalidCluster {
+        validate_cluster_name(cluster).map_err(|error| KeyError::InvalidCluster {
             key: key.to_owned(),
-            source,
+            error,
         })?;
     }
     Ok(ParsedKey {

@@ -48,7 +48,7 @@ pub enum ValueError {
     },
     /// The value is not valid JSON for the expected type (this includes an invalid IP
     /// address, mask or field type).
-    #[error("cluster {cluster}, key {key}: malformed {kind} value: {source}")]
+    #[error("cluster {cluster}, key {key}: malformed {kind} value: {error}")]
     Json {
         /// Source cluster.
         cluster: String,
@@ -57,8 +57,7 @@ pub enum ValueError {
         /// What was expected, e.g. `ipcache entry`.
         kind: &'static str,
         /// The JSON error, with line and column.
-        #[source]
-        source: serde_json::Error,
+        error: serde_json::Error,
     },
     /// An identity value is not UTF-8 text.
     #[error("cluster {cluster}, key {key}: {kind} value is not UTF-8")]
@@ -141,10 +140,10 @@ pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(
     kind: &'static str,
 ) -> Result<T, ValueError> {
     check_len(cluster, key, value, limit)?;
-    serde_json::from_slice(value).map_err(|source| ValueError::Json {
+    serde_json::from_slice(value).map_err(|error| ValueError::Json {
         cluster: cluster.to_string(),
         key: key.to_owned(),
         kind,
-        source,
+        error,
     })
 }

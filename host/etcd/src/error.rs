@@ -7,13 +7,12 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum EtcdError {
     /// A request failed.
-    #[error("etcd of {etcd}: {source}")]
+    #[error("etcd of {etcd}: {error}")]
     Request {
         /// Which etcd.
         etcd: String,
         /// The client error.
-        #[source]
-        source: etcd_client::Error,
+        error: etcd_client::Error,
     },
     /// A request did not answer in time.
     #[error("etcd of {etcd}: {what} timed out")]
@@ -63,9 +62,9 @@ pub enum EtcdError {
 impl EtcdError {
     /// Wraps a client error of `etcd`, for `map_err`.
     pub fn request(etcd: &str) -> impl FnOnce(etcd_client::Error) -> EtcdError + '_ {
-        move |source| EtcdError::Request {
+        move |error| EtcdError::Request {
             etcd: etcd.to_string(),
-            source,
+            error,
         }
     }
 }

@@ -432,7 +432,7 @@ fn read_manifest(source: &ModuleSource) -> Result<(FilterManifest, Vec<u8>), Loa
             let path = dir.join(MANIFEST_FILE);
             let bytes = std::fs::read(&path).map_err(|source| LoadError::Read {
                 path: path.clone(),
-                source,
+                error: source,
             })?;
             let text = String::from_utf8(bytes.clone()).map_err(|_| LoadError::Manifest {
                 path: path.clone(),
@@ -452,14 +452,14 @@ fn read_module(source: &ModuleSource, file: &str) -> Result<Vec<u8>, LoadError> 
             .map(|(_, b)| b.to_vec())
             .ok_or_else(|| LoadError::Read {
                 path: Path::new(file).to_path_buf(),
-                source: std::io::Error::new(
+                error: std::io::Error::new(
                     std::io::ErrorKind::NotFound,
                     "no builtin module of that name",
                 ),
             }),
         ModuleSource::Directory(dir) => {
             let path = dir.join(file);
-            std::fs::read(&path).map_err(|source| LoadError::Read { path, source })
+            std::fs::read(&path).map_err(|error| LoadError::Read { path, error })
         }
     }
 }

@@ -40,7 +40,7 @@ impl ApiAccess {
                 };
                 let error = |source| K8sSourceError::Kubeconfig {
                     path: path.clone(),
-                    source,
+                    error: source,
                 };
                 match path {
                     Some(path) => {

@@ -8,17 +8,16 @@ use std::path::PathBuf;
 pub enum K8sSourceError {
     /// The in-cluster service account config is missing or unreadable.
     #[error("in-cluster Kubernetes config: {0}")]
-    InCluster(#[source] kube::config::InClusterError),
+    InCluster(kube::config::InClusterError),
     /// The kubeconfig file cannot be read or has no usable context.
-    #[error("kubeconfig {}: {source}", path.as_ref().map_or("(default)".into(), |p| p.display().to_string()))]
+    #[error("kubeconfig {}: {error}", path.as_ref().map_or("(default)".into(), |p| p.display().to_string()))]
     Kubeconfig {
         /// The file, `None` for the default (`$KUBECONFIG` or `~/.kube/config`).
         path: Option<PathBuf>,
         /// What is wrong.
-        #[source]
-        source: kube::config::KubeconfigError,
+        error: kube::config::KubeconfigError,
     },
     /// A client cannot be built from the config (TLS material, proxy settings).
     #[error("Kubernetes client: {0}")]
-    Client(#[source] kube::Error),
+    Client(kube::Error),
 }

@@ -293,7 +293,7 @@ impl Datapath {
                 .fd()
                 .as_fd()
                 .try_clone_to_owned()
-                .map_err(|source| DatapathError::Bind { map: name, source })?;
+                .map_err(|error| DatapathError::Bind { map: name, error })?;
             shared.push(SharedMap {
                 name,
                 fd,
@@ -710,7 +710,7 @@ fn load_program(
         if unsafe { libc::dup2(fd.as_raw_fd(), placeholder) } < 0 {
             return Err(DatapathError::Bind {
                 map: name,
-                source: std::io::Error::last_os_error(),
+                error: std::io::Error::last_os_error(),
             });
         }
     }
@@ -723,7 +723,7 @@ fn load_program(
             if !ids.contains(&id) {
                 return Err(DatapathError::Bind {
                     map: name,
-                    source: std::io::Error::other(format!(
+                    error: std::io::Error::other(format!(
                         "the loaded program uses maps {ids:?}, not {id}"
                     )),
                 });
@@ -750,7 +750,7 @@ fn attach_classifier(
     let attach_type = TcAttachType::from(attachment.direction);
     let attach_error = |source| DatapathError::Attach {
         interface: iface.to_string(),
-        source,
+        error: source,
     };
     let id = if tcx_supported() {
         classifier

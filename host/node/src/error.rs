@@ -34,22 +34,21 @@ pub enum DatapathError {
     ReadOnlyIpcache,
     /// Loading the object failed (verifier, map creation).
     #[error("loading the eBPF object: {0}")]
-    Load(#[from] aya::EbpfError),
+    Load(aya::EbpfError),
     /// A program operation failed.
     #[error("eBPF program: {0}")]
-    Program(#[from] aya::programs::ProgramError),
+    Program(aya::programs::ProgramError),
     /// Attaching to an interface failed.
-    #[error("attaching to interface {interface}: {source}")]
+    #[error("attaching to interface {interface}: {error}")]
     Attach {
         /// Interface name.
         interface: String,
         /// Cause.
-        #[source]
-        source: aya::programs::ProgramError,
+        error: aya::programs::ProgramError,
     },
     /// A map operation failed.
     #[error("eBPF map: {0}")]
-    Map(#[from] aya::maps::MapError),
+    Map(aya::maps::MapError),
     /// A map has no room for another entry (`ENOSPC`/`E2BIG`): the entry is not there.
     #[error("the {map} map is full")]
     MapFull {
@@ -57,13 +56,12 @@ pub enum DatapathError {
         map: &'static str,
     },
     /// A copy of the program could not be bound to the map it must share or read.
-    #[error("binding the program to map {map}: {source}")]
+    #[error("binding the program to map {map}: {error}")]
     Bind {
         /// The map's name in the program.
         map: &'static str,
         /// Cause.
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
 }
 
@@ -93,4 +91,24 @@ pub enum InstallError {
     /// The entry's mask is not a prefix: there is no key to install it under.
     #[error("the entry's mask is not a prefix")]
     NotAPrefix,
+}
+
+// Conversions for `?`. The variants carry their cause in their message and not as a
+// `source`, so an error chain never prints the same cause twice.
+impl From<aya::EbpfError> for DatapathError {
+    fn from(error: aya::EbpfError) -> Self {
+        DatapathError::Load(error)
+    }
+}
+
+impl From<aya::programs::ProgramError> for DatapathError {
+    fn from(error: aya::programs::ProgramError) -> Self {
+        DatapathError::Program(error)
+    }
+}
+
+impl From<aya::maps::MapError> for DatapathError {
+    fn from(error: aya::maps::MapError) -> Self {
+        DatapathError::Map(error)
+    }
 }

@@ -293,7 +293,10 @@ pub struct ExportCluster {
 #[derive(Clone, Default)]
 pub struct ExportStatusHandle {
     endpoints: Arc<Mutex<Option<Arc<ExportMirror>>>>,
-    #[allow(clippy::type_complexity)] // reason: status and synced flag per resource name
+    #[allow(
+        clippy::type_complexity,
+        reason = "status and synced flag per resource name"
+    )]
     resources: Arc<Mutex<BTreeMap<String, (Arc<Mutex<ReflectorStatus>>, watch::Receiver<bool>)>>>,
 }
 

@@ -305,7 +305,10 @@ impl ImportMirror {
     /// again when the filter generation, the node cache or the identity cache changes;
     /// the task merging those signals stops with `cancel`. In `shadow` mode decisions are
     /// made and counted but every entry is mirrored.
-    #[allow(clippy::too_many_arguments)]
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "each is a separate collaborator of the mirror; a struct would only rename them"
+    )]
     pub fn new(
         shadow: bool,
         cluster: ClusterName,

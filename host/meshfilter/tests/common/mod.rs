@@ -1,6 +1,9 @@
 //! Helpers shared by the binary's end-to-end tests: etcdctl, ports, HTTP, stopping.
 // Each test binary uses a different subset.
-#![allow(dead_code)]
+#![allow(
+    dead_code,
+    reason = "each test binary uses a different part of the shared helpers"
+)]
 
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};

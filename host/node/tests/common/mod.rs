@@ -1,7 +1,10 @@
 //! Fixtures shared by the node's integration tests: Cilium-shaped values written into a
 //! real etcd (built with `meshfilter-cilium` types), and waiting on conditions.
 
-#![allow(dead_code)]
+#![allow(
+    dead_code,
+    reason = "each test binary uses a different part of the shared helpers"
+)]
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
