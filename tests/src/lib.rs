@@ -190,3 +190,15 @@ pub async fn eventually(what: &str, mut check: impl AsyncFnMut() -> Result<(), S
         }
     }
 }
+
+/// Value of the sample `series` (name and labels, as exposed on `/metrics`) of the filter
+/// runtime's metrics, 0 when absent.
+pub fn filter_metric(metrics: &meshfilter_filter_runtime::FilterMetrics, series: &str) -> u64 {
+    let mut registry = prometheus_client::registry::Registry::default();
+    metrics.register(&mut registry);
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).expect("encode metrics");
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0)
+}

@@ -12,7 +12,7 @@ use meshfilter_filter_runtime::{
     Hook, ImportDecision, LoadError, Locality, MAX_ERROR_BYTES, MAX_LOG_LINE_BYTES,
     MAX_REASON_BYTES, MissDecision, MissInput, ModuleSource, RuntimeConfig, SyncScope,
 };
-use meshfilter_tests::{ConfigMapDir, module_bytes, wait_for};
+use meshfilter_tests::{ConfigMapDir, filter_metric, module_bytes, wait_for};
 use serde_json::json;
 
 fn eu() -> Locality {
@@ -61,17 +61,6 @@ fn misbehave_counted(manifest: &str) -> (ConfigMapDir, FilterMetrics, Arc<Filter
     let metrics = FilterMetrics::default();
     let rt = runtime_counted(&dir, EngineConfig::default(), metrics.clone()).expect("loads");
     (dir, metrics, rt)
-}
-
-/// Value of the sample `series` (name and labels, as exposed on `/metrics`), 0 if absent.
-fn sample(metrics: &FilterMetrics, series: &str) -> u64 {
-    let mut registry = prometheus_client::registry::Registry::default();
-    metrics.register(&mut registry);
-    let mut text = String::new();
-    prometheus_client::encoding::text::encode(&mut text, &registry).expect("encode metrics");
-    text.lines()
-        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or(0)
 }
 
 fn endpoint(labels: &[(&str, &str)], annotations: &[(&str, &str)]) -> Arc<EndpointInput> {
@@ -816,7 +805,7 @@ import:
     let (_dir, metrics, rt) = misbehave_counted(manifest);
     let blocked =
         r#"meshfilter_filter_failures_total{module="misbehave.wasm",hook="import",kind="blocked"}"#;
-    assert_eq!(sample(&metrics, blocked), 0);
+    assert_eq!(filter_metric(&metrics, blocked), 0);
 
     let previous = ImportDecision::Skip {
         reason: "earlier".into(),
@@ -843,7 +832,11 @@ import:
             }
             other => panic!("expected a failure, got {other:?}"),
         }
-        assert_eq!(sample(&metrics, blocked), round, "counted with the module");
+        assert_eq!(
+            filter_metric(&metrics, blocked),
+            round,
+            "counted with the module"
+        );
     }
     // Other endpoints are decided by the module, on a fresh instance.
     let v = rt.decide_import(&endpoint(&[], &[]), None);
@@ -862,7 +855,7 @@ export:
 "#;
     let (_dir, metrics, rt) = misbehave_counted(manifest);
     let cut_lines = r#"meshfilter_filter_truncated_total{module="misbehave.wasm",what="log"}"#;
-    let before = sample(&metrics, cut_lines);
+    let before = filter_metric(&metrics, cut_lines);
     assert_eq!(before, 2, "the probe logged and printed one line each");
     for _ in 0..3 {
         let v = rt.decide_export(&endpoint(&[], &[]), None);
@@ -878,7 +871,7 @@ export:
         );
     }
     assert_eq!(
-        sample(&metrics, cut_lines),
+        filter_metric(&metrics, cut_lines),
         before + 6,
         "every line, logged or printed, was cut at {MAX_LOG_LINE_BYTES} bytes"
     );
@@ -890,7 +883,7 @@ fn a_huge_reason_is_cut_before_it_is_kept() {
     let (_dir, metrics, rt) = misbehave_counted(&manifest);
     let reasons_cut = r#"meshfilter_filter_truncated_total{module="misbehave.wasm",what="reason"}"#;
     assert_eq!(
-        sample(&metrics, reasons_cut),
+        filter_metric(&metrics, reasons_cut),
         1,
         "the probe's reason was cut"
     );
@@ -915,7 +908,7 @@ fn a_huge_reason_is_cut_before_it_is_kept() {
             .all(|c| c == 'é'),
         "cut on a character boundary: {reason}"
     );
-    assert_eq!(sample(&metrics, reasons_cut), 1);
+    assert_eq!(filter_metric(&metrics, reasons_cut), 1);
 }
 
 #[test]
@@ -948,7 +941,7 @@ fn a_huge_config_error_is_cut_in_the_error_and_in_status() {
         "{status:.200}"
     );
     assert_eq!(
-        sample(
+        filter_metric(
             &metrics,
             r#"meshfilter_filter_truncated_total{module="misbehave.wasm",what="error"}"#
         ),
@@ -1022,7 +1015,7 @@ fn live_instances_share_one_memory_budget() {
         "never past the budget"
     );
     assert_eq!(
-        sample(
+        filter_metric(
             &metrics,
             r#"meshfilter_filter_failures_total{module="misbehave.wasm",hook="export",kind="out-of-memory"}"#
         ),

@@ -13,6 +13,6 @@ mod status;
 pub use client::{ApiError, MeshClient};
 pub use resolve::{ResolveError, Resolved};
 pub use status::{
-    FilterSummary, ImportStats, LeaseStatus, MeshStatus, ReflectorStatus, RemoteStatus,
-    ResolverCounters, WriterStatus,
+    CandidateStatus, FilterSummary, ImportStats, LeaseStatus, MeshStatus, ReflectorStatus,
+    RemoteStatus, ResolverCounters, RollbackStatus, RolloutStatus, WriterStatus,
 };

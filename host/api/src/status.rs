@@ -23,7 +23,7 @@ pub struct MeshStatus {
 }
 
 /// The filter generation serving decisions.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct FilterSummary {
     /// Generation number (1 at start, +1 per successful reload).
@@ -36,6 +36,69 @@ pub struct FilterSummary {
     pub chains: BTreeMap<String, Vec<String>>,
     /// Why the last reload failed, if it did (bounded in length).
     pub last_reload_error: Option<String>,
+    /// Canary rollout of new generations and their automatic rollback.
+    pub rollout: RolloutStatus,
+}
+
+/// Canary rollout: which generation is stable, which one is on probation, and the last
+/// one rolled back.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct RolloutStatus {
+    /// Whether new generations go through a canary (`filters.rollout` is set).
+    pub enabled: bool,
+    /// The generation deciding for every input outside the canary share.
+    pub stable_generation: u64,
+    /// The generation on probation, if any.
+    pub candidate: Option<CandidateStatus>,
+    /// The last generation rolled back, if any.
+    pub last_rollback: Option<RollbackStatus>,
+    /// Candidates promoted to stable since start.
+    pub promotions: u64,
+}
+
+/// A generation on probation.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct CandidateStatus {
+    /// Its number.
+    pub generation: u64,
+    /// `file@sha256-prefix` of its modules.
+    pub modules: Vec<String>,
+    /// Share of inputs it decides, in percent.
+    pub canary_percent: f64,
+    /// When it became the candidate (seconds since the Unix epoch).
+    pub since_unix: u64,
+    /// Seconds until it is promoted if it stays within its bounds.
+    pub promote_in_seconds: u64,
+    /// Decisions it made.
+    pub decisions: u64,
+    /// Of those, failed calls (trap, deadline, memory, blocking).
+    pub failures: u64,
+    /// Of those, decisions whose effect differs from the stable generation's.
+    pub changed: u64,
+}
+
+/// A generation rolled back.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct RollbackStatus {
+    /// Its number.
+    pub generation: u64,
+    /// `file@sha256-prefix` of its modules.
+    pub modules: Vec<String>,
+    /// When (seconds since the Unix epoch).
+    pub at_unix: u64,
+    /// `failures` or `changes`: the bound it crossed.
+    pub cause: String,
+    /// The figures, in words.
+    pub reason: String,
+    /// Decisions it made as candidate.
+    pub decisions: u64,
+    /// Failed calls among them.
+    pub failures: u64,
+    /// Changed decisions among them.
+    pub changed: u64,
 }
 
 /// One remote cluster.

@@ -45,6 +45,15 @@ pub struct FilterMetrics {
     truncated: Family<TruncatedLabels, Counter>,
     reloads: Family<OutcomeLabels, Counter>,
     generation: Gauge,
+    candidate: Gauge,
+    canary_decisions: Family<OutcomeLabels, Counter>,
+    rollbacks: Family<CauseLabels, Counter>,
+    promotions: Counter,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CauseLabels {
+    cause: String,
 }
 
 impl FilterMetrics {
@@ -83,8 +92,28 @@ impl FilterMetrics {
         );
         r.register(
             "generation",
-            "Number of the filter generation serving decisions",
+            "Number of the stable filter generation",
             self.generation.clone(),
+        );
+        r.register(
+            "candidate_generation",
+            "Number of the generation on canary probation (0: none)",
+            self.candidate.clone(),
+        );
+        r.register(
+            "canary_decisions",
+            "Decisions a canary generation made, by outcome against the stable generation's (same, changed, failed)",
+            self.canary_decisions.clone(),
+        );
+        r.register(
+            "rollbacks",
+            "Canary generations rolled back, by the bound crossed (failures, changes)",
+            self.rollbacks.clone(),
+        );
+        r.register(
+            "promotions",
+            "Canary generations promoted to stable",
+            self.promotions.clone(),
         );
     }
 
@@ -149,5 +178,33 @@ impl FilterMetrics {
 
     pub(crate) fn set_generation(&self, generation: u64) {
         self.generation.set(generation as i64);
+    }
+
+    pub(crate) fn set_candidate(&self, generation: u64) {
+        self.candidate.set(generation as i64);
+    }
+
+    pub(crate) fn canary_decision(&self, outcome: &str) {
+        self.canary_decisions
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.into(),
+            })
+            .inc();
+    }
+
+    pub(crate) fn promoted(&self, generation: u64) {
+        self.promotions.inc();
+        self.set_generation(generation);
+        self.set_candidate(0);
+    }
+
+    pub(crate) fn rolled_back(&self, cause: &str, stable: u64) {
+        self.rollbacks
+            .get_or_create(&CauseLabels {
+                cause: cause.into(),
+            })
+            .inc();
+        self.set_generation(stable);
+        self.set_candidate(0);
     }
 }

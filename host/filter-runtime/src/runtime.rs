@@ -5,7 +5,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use arc_swap::ArcSwap;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use arc_swap::{ArcSwap, ArcSwapOption};
+use meshfilter_api::{RollbackStatus, RolloutStatus};
 use parking_lot::Mutex;
 use sha2::Digest;
 
@@ -17,6 +20,7 @@ use crate::instance::{ExportCall, FilterInstance, ImportCall, MissCall};
 use crate::manifest::{FilterManifest, MANIFEST_FILE};
 use crate::metrics::FilterMetrics;
 use crate::module::{LoadedModule, ModuleInfo};
+use crate::rollout::{Canaried, Candidate, RollbackCause, RolloutPolicy, SameEffect, failed};
 use crate::set::{Chain, FilterGeneration, FilterSet, Verdict};
 use crate::truncate::{MAX_ERROR_BYTES, TextKind, truncate};
 use crate::watch::WatchHandle;
@@ -66,6 +70,8 @@ pub struct GenerationInfo {
     pub chains: BTreeMap<Hook, Vec<String>>,
     /// The error of the last failed reload, if the last reload failed.
     pub last_reload_error: Option<String>,
+    /// Canary rollout: the stable generation, the candidate, the last rollback.
+    pub rollout: RolloutStatus,
 }
 
 /// Serves decisions from the current filter generation and reloads it.
@@ -75,8 +81,21 @@ pub struct FilterRuntime {
     pins: BTreeMap<String, String>,
     local: Arc<Locality>,
     metrics: FilterMetrics,
+    /// The stable generation: decides everything outside a candidate's share.
     current: ArcSwap<FilterGeneration>,
+    /// A new generation on probation, when a rollout policy is set.
+    candidate: ArcSwapOption<Candidate>,
+    rollout: ArcSwapOption<RolloutPolicy>,
+    /// Fingerprint of the last generation rolled back: not loaded again until the files
+    /// change.
+    rejected: Mutex<Option<[u8; 32]>>,
+    last_rollback: Mutex<Option<RollbackStatus>>,
+    promotions: AtomicU64,
+    /// The highest generation number given out: numbers are never reused, not even
+    /// after a rollback.
+    numbered: AtomicU64,
     loaded: Mutex<HashMap<[u8; 32], Arc<LoadedModule>>>,
+    /// Held by reloads, promotions and rollbacks: one change of generations at a time.
     reloading: Mutex<()>,
     last_error: Mutex<Option<String>>,
     generations: tokio::sync::watch::Sender<u64>,
@@ -116,7 +135,8 @@ impl FilterRuntime {
         let first = build_generation(&engine, &source, &pins, &local, &metrics, None, &mut loaded)
             .map_err(|e| bounded(e, &metrics))?
             .expect("a first load always builds a generation");
-        metrics.set_generation(first.number);
+        let first_number = first.number;
+        metrics.set_generation(first_number);
         metrics.reload("loaded");
         tracing::info!(generation = first.number, modules = ?first.modules.iter().map(|m| &m.file).collect::<Vec<_>>(),
             "filter generation loaded");
@@ -127,6 +147,12 @@ impl FilterRuntime {
             local,
             metrics,
             current: ArcSwap::from_pointee(first),
+            candidate: ArcSwapOption::empty(),
+            rollout: ArcSwapOption::empty(),
+            rejected: Mutex::new(None),
+            last_rollback: Mutex::new(None),
+            promotions: AtomicU64::new(0),
+            numbered: AtomicU64::new(first_number),
             loaded: Mutex::new(loaded),
             reloading: Mutex::new(()),
             last_error: Mutex::new(None),
@@ -134,8 +160,10 @@ impl FilterRuntime {
         }))
     }
 
-    /// The generation serving now. Holding it keeps it alive: a caller that loads it once
-    /// for a batch of decisions sees one consistent filter set even across a reload.
+    /// The stable generation. Holding it keeps it alive: a caller that loads it once for
+    /// a batch of decisions sees one consistent filter set even across a reload (a
+    /// candidate on probation is not part of it: it decides only through the
+    /// `decide_*` methods of the runtime).
     pub fn current(&self) -> Arc<FilterGeneration> {
         self.current.load_full()
     }
@@ -150,27 +178,137 @@ impl FilterRuntime {
         &self.local
     }
 
-    /// Source-side decision with the current generation.
+    /// Rolls new generations out through a canary under `policy` (`None`: a new
+    /// generation decides everything as soon as it is loaded). Checked by the caller
+    /// ([`RolloutPolicy::validate`]).
+    pub fn set_rollout(&self, policy: Option<RolloutPolicy>) {
+        self.rollout.store(policy.map(Arc::new));
+    }
+
+    /// Source-side decision: the candidate's for its share of endpoints, the stable
+    /// generation's for the rest.
     pub fn decide_export(
         &self,
         endpoint: &Arc<EndpointInput>,
         previous: Option<&ExportDecision>,
     ) -> Verdict<ExportDecision> {
-        self.current.load().decide_export(endpoint, previous)
+        self.decide(&**endpoint, |g| g.decide_export(endpoint, previous))
     }
 
-    /// Consumer-side decision with the current generation.
+    /// Consumer-side decision, as [`FilterRuntime::decide_export`].
     pub fn decide_import(
         &self,
         endpoint: &Arc<EndpointInput>,
         previous: Option<&ImportDecision>,
     ) -> Verdict<ImportDecision> {
-        self.current.load().decide_import(endpoint, previous)
+        self.decide(&**endpoint, |g| g.decide_import(endpoint, previous))
     }
 
-    /// Node-side decision with the current generation.
+    /// Node-side decision, as [`FilterRuntime::decide_export`].
     pub fn decide_miss(&self, request: &Arc<MissInput>) -> Verdict<MissDecision> {
-        self.current.load().decide_miss(request)
+        self.decide(&**request, |g| g.decide_miss(request))
+    }
+
+    /// Decides with the stable generation, or with the candidate when the input falls
+    /// in its share; then the stable generation decides too, so the candidate's failures
+    /// and changed decisions are counted, and acted on, as they happen.
+    fn decide<I: Canaried + ?Sized, D: SameEffect>(
+        &self,
+        input: &I,
+        decide: impl Fn(&FilterGeneration) -> Verdict<D>,
+    ) -> Verdict<D> {
+        let candidate = self.candidate.load();
+        let (Some(candidate), Some(policy)) = (candidate.as_ref(), self.rollout.load_full()) else {
+            return decide(&self.current.load());
+        };
+        if candidate.due(&policy) {
+            self.promote(candidate);
+            return decide(&self.current.load());
+        }
+        if !candidate.covers(&input.canary_key()) {
+            return decide(&self.current.load());
+        }
+        let mine = decide(&candidate.generation);
+        let stable = decide(&self.current.load());
+        let did_fail = failed(&mine.decided_by);
+        let changed = !mine.decision.same_effect(&stable.decision);
+        self.metrics.canary_decision(match (did_fail, changed) {
+            (true, _) => "failed",
+            (false, true) => "changed",
+            (false, false) => "same",
+        });
+        match candidate.record(did_fail, changed, &policy) {
+            Some(cause) => {
+                self.roll_back(candidate, cause);
+                stable
+            }
+            None => mine,
+        }
+    }
+
+    /// Promotes a candidate that stayed within its bounds for its probation time. The
+    /// decision path calls it lazily; [`FilterRuntime::poll_rollout`] calls it when no
+    /// decisions come.
+    fn promote(&self, candidate: &Arc<Candidate>) {
+        let _one_at_a_time = self.reloading.lock();
+        if !self.is_candidate(candidate) {
+            return;
+        }
+        let number = candidate.generation.number;
+        self.current.store(candidate.generation.clone());
+        self.candidate.store(None);
+        self.promotions.fetch_add(1, Ordering::Relaxed);
+        self.metrics.promoted(number);
+        tracing::info!(generation = number, "canary generation promoted to stable");
+        self.retain_loaded();
+        self.generations.send_replace(number);
+    }
+
+    fn roll_back(&self, candidate: &Arc<Candidate>, cause: RollbackCause) {
+        let _one_at_a_time = self.reloading.lock();
+        if !self.is_candidate(candidate) {
+            return;
+        }
+        self.candidate.store(None);
+        let status = candidate.rollback_status(cause);
+        tracing::error!(generation = status.generation, cause = cause.as_str(), reason = %status.reason,
+            "canary generation rolled back; the stable generation decides everything again");
+        *self.rejected.lock() = Some(candidate.generation.fingerprint);
+        *self.last_rollback.lock() = Some(status);
+        let stable = self.current.load().number;
+        self.metrics.rolled_back(cause.as_str(), stable);
+        self.retain_loaded();
+        self.generations.send_replace(stable);
+    }
+
+    /// Whether `candidate` is still the one on probation (another thread may have
+    /// promoted or rolled it back, or a reload replaced it).
+    fn is_candidate(&self, candidate: &Arc<Candidate>) -> bool {
+        self.candidate
+            .load()
+            .as_ref()
+            .is_some_and(|c| Arc::ptr_eq(c, candidate))
+    }
+
+    /// Promotes a candidate whose probation ended although no decision came to do it.
+    pub fn poll_rollout(&self) {
+        let candidate = self.candidate.load_full();
+        if let (Some(candidate), Some(policy)) = (candidate, self.rollout.load_full())
+            && candidate.due(&policy)
+        {
+            self.promote(&candidate);
+        }
+    }
+
+    /// Keeps only the compiled modules the stable generation and the candidate use.
+    fn retain_loaded(&self) {
+        let stable = self.current.load_full();
+        let candidate = self.candidate.load_full();
+        self.loaded.lock().retain(|_, m| {
+            std::iter::once(&*stable)
+                .chain(candidate.as_ref().map(|c| &*c.generation))
+                .any(|g| g.modules.iter().any(|i| i.sha256 == m.info.sha256))
+        });
     }
 
     /// Notified with the new generation number after every successful reload, so owners
@@ -183,7 +321,13 @@ impl FilterRuntime {
     /// generation stays as it was.
     pub fn reload(&self) -> Result<Option<u64>, LoadError> {
         let _one_at_a_time = self.reloading.lock();
-        let current = self.current();
+        let stable = self.current();
+        let candidate = self.candidate.load_full();
+        // The newest generation, whether on probation or not, is what a reload compares
+        // with and numbers after.
+        let newest = candidate
+            .as_ref()
+            .map_or_else(|| stable.clone(), |c| c.generation.clone());
         let mut loaded = self.loaded.lock().clone();
         let result = build_generation(
             &self.engine,
@@ -191,29 +335,59 @@ impl FilterRuntime {
             &self.pins,
             &self.local,
             &self.metrics,
-            Some(&current),
+            Some(&newest),
             &mut loaded,
         );
         match result {
             Ok(None) => Ok(None),
-            Ok(Some(next)) => {
+            Ok(Some(next)) if *self.rejected.lock() == Some(next.fingerprint) => {
+                tracing::debug!(
+                    "the filters are those of the generation rolled back; not loading them again"
+                );
+                Ok(None)
+            }
+            Ok(Some(mut next)) => {
+                next.number = self.numbered.fetch_add(1, Ordering::Relaxed) + 1;
                 let number = next.number;
-                tracing::info!(generation = number, previous = current.number,
-                    modules = ?next.modules.iter().map(|m| format!("{}@{}", m.file, &m.sha256[..12])).collect::<Vec<_>>(),
-                    "filter generation swapped in");
-                // Keep only artifacts the new generation uses, so replaced modules are freed.
-                loaded.retain(|_, m| next.modules.iter().any(|i| i.sha256 == m.info.sha256));
                 *self.loaded.lock() = loaded;
-                self.current.store(Arc::new(next));
                 *self.last_error.lock() = None;
-                self.metrics.set_generation(number);
                 self.metrics.reload("loaded");
+                match self.rollout.load_full() {
+                    Some(_) if next.fingerprint == stable.fingerprint => {
+                        tracing::info!(
+                            stable = stable.number,
+                            "the filters are back to the stable generation's; canary ended"
+                        );
+                        self.candidate.store(None);
+                        self.retain_loaded();
+                        self.generations.send_replace(stable.number);
+                        return Ok(Some(stable.number));
+                    }
+                    Some(policy) => {
+                        tracing::info!(generation = number, stable = stable.number, canary_percent = policy.canary_percent,
+                            modules = ?next.modules.iter().map(|m| format!("{}@{}", m.file, &m.sha256[..12])).collect::<Vec<_>>(),
+                            "filter generation loaded as canary");
+                        self.candidate
+                            .store(Some(Arc::new(Candidate::new(Arc::new(next), &policy))));
+                        self.metrics.set_candidate(number);
+                    }
+                    None => {
+                        tracing::info!(generation = number, previous = stable.number,
+                            modules = ?next.modules.iter().map(|m| format!("{}@{}", m.file, &m.sha256[..12])).collect::<Vec<_>>(),
+                            "filter generation swapped in");
+                        self.current.store(Arc::new(next));
+                        self.metrics.set_generation(number);
+                    }
+                }
+                // Keep only artifacts the live generations use, so replaced modules are
+                // freed.
+                self.retain_loaded();
                 self.generations.send_replace(number);
                 Ok(Some(number))
             }
             Err(e) => {
                 let e = bounded(e, &self.metrics);
-                tracing::error!(error = %e, serving = current.number, "filter reload failed; the serving generation stays");
+                tracing::error!(error = %e, serving = newest.number, "filter reload failed; the serving generation stays");
                 *self.last_error.lock() =
                     Some(truncate(&e.to_string(), MAX_ERROR_BYTES).into_owned());
                 self.metrics.reload("failed");
@@ -251,6 +425,13 @@ impl FilterRuntime {
             modules: g.modules.clone(),
             chains: Hook::ALL.into_iter().map(|h| (h, g.chain(h))).collect(),
             last_reload_error: self.last_error.lock().clone(),
+            rollout: crate::rollout::status(
+                self.rollout.load().as_deref(),
+                &g,
+                self.candidate.load().as_deref(),
+                self.last_rollback.lock().clone(),
+                self.promotions.load(Ordering::Relaxed),
+            ),
         }
     }
 }

@@ -17,6 +17,9 @@ use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 use crate::error::LoadError;
 use crate::runtime::FilterRuntime;
 
+/// Longest time between two checks of a canary's probation.
+const ROLLOUT_POLL: Duration = Duration::from_secs(1);
+
 enum Message {
     Changed,
     Stop,
@@ -72,8 +75,11 @@ fn run(
     debounce: Duration,
     rescan: Duration,
 ) {
+    let mut last_scan = Instant::now();
     loop {
-        match rx.recv_timeout(rescan) {
+        // Wake at least every second: a canary's probation may end while no decision
+        // comes to promote it.
+        match rx.recv_timeout(rescan.min(ROLLOUT_POLL)) {
             Ok(Message::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => return,
             Ok(Message::Changed) => {
                 // Let a burst of events (a ConfigMap update touches several entries) settle.
@@ -86,11 +92,20 @@ fn run(
                     }
                 }
             }
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                let Some(runtime) = runtime.upgrade() else {
+                    return;
+                };
+                runtime.poll_rollout();
+                if last_scan.elapsed() < rescan {
+                    continue;
+                }
+            }
         }
         let Some(runtime) = runtime.upgrade() else {
             return;
         };
+        last_scan = Instant::now();
         // Errors are logged, counted and kept for status by `reload` itself.
         let _ = runtime.reload();
     }

@@ -45,6 +45,9 @@ pub enum Command {
     /// Show the status of a running `meshfilter mesh`: per remote cluster, connected,
     /// synced, entries mirrored and filtered out (and why), retries, last error.
     Status(StatusArgs),
+    /// Capture what filters see (endpoints with labels, node topology, identities) of
+    /// every cluster a mesh reads, or of given etcds, into one file for `filter diff`.
+    Snapshot(SnapshotArgs),
     /// Start a local mesh on real etcd (one etcd per cluster of a bundled sample of four
     /// clusters in three regions), export each cluster's endpoints through the default
     /// filter, mirror every cluster into every other through meshfilter's sync engine, and
@@ -64,6 +67,65 @@ pub enum FilterCommand {
     /// Measure decisions per second and latency, Wasm against native Rust, with and
     /// without memoisation.
     Bench(BenchArgs),
+    /// What changing the filters would do, before rolling it out: run the old and the new
+    /// filters over a snapshot (`meshfilter snapshot`) the way the pipeline does, and
+    /// print every endpoint whose fate changes, grouped by namespace and reason, totals
+    /// per hook, and per consuming cluster the ipcache entries on each node before and
+    /// after with an estimate of the agents' memory. Exit code 1 when a `--max-*` gate
+    /// is crossed.
+    Diff(DiffArgs),
+}
+
+/// `filter diff`
+#[derive(Debug, Args)]
+pub struct DiffArgs {
+    /// The filters running now: a filters directory (with `filters.yaml`), a module file,
+    /// or `builtin:<name>`.
+    pub old: String,
+    /// The filters to roll out, in the same forms.
+    pub new: String,
+    /// The snapshot to run them over (`meshfilter snapshot -o FILE`).
+    #[arg(long)]
+    pub snapshot: PathBuf,
+    /// Config of OLD when it is a single module: JSON or YAML text, or `@file`.
+    #[arg(long)]
+    pub old_config: Option<String>,
+    /// Config of NEW when it is a single module.
+    #[arg(long)]
+    pub new_config: Option<String>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Change groups to print (all are in the JSON).
+    #[arg(long, default_value_t = 20)]
+    pub top: usize,
+    /// Gate: fail when more than this many endpoints would stop being exported.
+    #[arg(long)]
+    pub max_stopped: Option<usize>,
+    /// Gate: fail when any consuming cluster would lose more than this many entries.
+    #[arg(long)]
+    pub max_removed: Option<usize>,
+    /// Worker threads (default: one per core).
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+/// `meshfilter snapshot`
+#[derive(Debug, Args)]
+pub struct SnapshotArgs {
+    /// Every remote of a `meshfilter mesh` config (its `clustersDir`: Cilium's
+    /// clustermesh config directory, one etcd config file per cluster).
+    #[arg(long)]
+    pub mesh_config: Option<PathBuf>,
+    /// Every cluster of a clustermesh config directory.
+    #[arg(long)]
+    pub clusters_dir: Option<PathBuf>,
+    /// One cluster's clustermesh etcd, as `NAME=URL` (plain text; repeatable).
+    #[arg(long, value_name = "NAME=URL")]
+    pub etcd: Vec<String>,
+    /// The file to write.
+    #[arg(short, long)]
+    pub output: PathBuf,
 }
 
 /// `meshfilter bench ...`
@@ -76,6 +138,27 @@ pub enum BenchCommand {
     /// the local cache and from a remote cluster through `meshfilter mesh`, and the
     /// event rate at which the node agent saturates. Needs root.
     Node(BenchNodeArgs),
+    /// `filter diff` at scale: a synthetic mesh (default 100 clusters x 5,000 endpoints)
+    /// written as a snapshot, then stock Cilium (cfp-scope opt-out) diffed against the
+    /// CFP (opt-in); prints the report and the time to read and evaluate it.
+    Diff(BenchDiffArgs),
+}
+
+/// `bench diff`
+#[derive(Debug, Args)]
+pub struct BenchDiffArgs {
+    /// Clusters.
+    #[arg(long, default_value_t = 100)]
+    pub clusters: usize,
+    /// Endpoints per cluster.
+    #[arg(long, default_value_t = 5_000)]
+    pub endpoints: usize,
+    /// Share of pods opted in with the sync label, in percent.
+    #[arg(long, default_value_t = 5)]
+    pub opted_in: u32,
+    /// Worker threads (default: one per core).
+    #[arg(long)]
+    pub threads: Option<usize>,
 }
 
 /// `bench node`

@@ -197,6 +197,78 @@ pub struct FiltersSection {
     /// Hooks in shadow mode: decisions are made, counted and shown, but not applied.
     #[serde(default)]
     pub shadow: Vec<meshfilter_filter_runtime::Hook>,
+    /// Canary rollout of new filter generations, with automatic rollback. Without it a
+    /// reloaded generation decides everything at once.
+    #[serde(default)]
+    pub rollout: Option<RolloutSection>,
+}
+
+/// `filters.rollout`: a reloaded generation first decides for a stable hashed share of
+/// the endpoints; it is rolled back when it fails or changes too much, and promoted when
+/// it stays within bounds for `promoteAfter`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RolloutSection {
+    /// Share of endpoints (percent, > 0 and <= 100) the new generation decides.
+    #[serde(default = "default_canary_percent")]
+    pub canary_percent: f64,
+    /// How long the new generation must stay within its bounds to be promoted.
+    #[serde(default = "default_promote_after", with = "humantime_serde_compat")]
+    pub promote_after: std::time::Duration,
+    /// Roll back when more than this share (0 to 1) of its decisions failed...
+    #[serde(default = "default_max_failure_ratio")]
+    pub max_failure_ratio: f64,
+    /// ...once it made at least this many decisions.
+    #[serde(default = "default_min_decisions")]
+    pub min_decisions: u64,
+    /// Roll back when it changed more decisions than this.
+    #[serde(default = "default_max_changed")]
+    pub max_changed: u64,
+}
+
+fn default_canary_percent() -> f64 {
+    meshfilter_filter_runtime::RolloutPolicy::default().canary_percent
+}
+
+fn default_promote_after() -> std::time::Duration {
+    meshfilter_filter_runtime::RolloutPolicy::default().promote_after
+}
+
+fn default_max_failure_ratio() -> f64 {
+    meshfilter_filter_runtime::RolloutPolicy::default().max_failure_ratio
+}
+
+fn default_min_decisions() -> u64 {
+    meshfilter_filter_runtime::RolloutPolicy::default().min_calls
+}
+
+fn default_max_changed() -> u64 {
+    meshfilter_filter_runtime::RolloutPolicy::default().max_changed
+}
+
+impl FiltersSection {
+    /// The rollout policy, checked; errors name the field and the value.
+    pub fn rollout_policy(
+        &self,
+    ) -> anyhow::Result<Option<meshfilter_filter_runtime::RolloutPolicy>> {
+        let Some(r) = &self.rollout else {
+            return Ok(None);
+        };
+        if self.directory.is_none() {
+            bail!("filters.rollout: needs filters.directory (built-in filters never reload)");
+        }
+        let policy = meshfilter_filter_runtime::RolloutPolicy {
+            canary_percent: r.canary_percent,
+            promote_after: r.promote_after,
+            max_failure_ratio: r.max_failure_ratio,
+            min_calls: r.min_decisions,
+            max_changed: r.max_changed,
+        };
+        policy
+            .validate()
+            .map_err(|e| anyhow::anyhow!("filters.rollout.{e}"))?;
+        Ok(Some(policy))
+    }
 }
 
 impl ClusterSection {
@@ -260,6 +332,7 @@ impl MeshConfig {
                 bail!("filters.pins.{module}: {sha:?} is not a hex sha256");
             }
         }
+        config.filters.rollout_policy()?;
         Ok(config)
     }
 
@@ -429,7 +502,10 @@ impl ExportConfig {
             cluster_name,
             source,
             export_etcd: file.export_etcd,
-            filters: file.filters,
+            filters: {
+                file.filters.rollout_policy()?;
+                file.filters
+            },
             listen: file.listen,
             sync: file.sync,
         })

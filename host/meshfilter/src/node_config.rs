@@ -237,6 +237,7 @@ impl NodeConfig {
         if !config.filters.shadow.is_empty() {
             bail!("filters.shadow: not supported by meshfilter node");
         }
+        config.filters.rollout_policy()?;
         Ok(config)
     }
 

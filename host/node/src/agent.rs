@@ -73,7 +73,7 @@ impl MissHook for FilterRuntime {
     }
 
     fn decide(&self, input: &Arc<MissInput>) -> (MissDecision, u64) {
-        let verdict = self.current().decide_miss(input);
+        let verdict = FilterRuntime::decide_miss(self, input);
         (verdict.decision, verdict.generation)
     }
 }

@@ -22,6 +22,7 @@ mod mirrors;
 mod reflector;
 mod remote;
 mod resolve;
+mod snapshot;
 mod target;
 mod writer;
 
@@ -35,5 +36,6 @@ pub use mirrors::{Explanation, ImportMirror, RecordedDecision, VerbatimMirror};
 pub use reflector::{MAX_ERROR_CHARS, Mirror, Rechecks, Reflector, ReflectorLimits};
 pub use remote::{RemoteCluster, RemoteOptions, RemoteStatusHandle};
 pub use resolve::{RemoteList, Resolver, ResolverConfig, ResolverStats};
+pub use snapshot::capture_cluster;
 pub use target::TargetKeys;
 pub use writer::{Fence, LeaseInfo, TargetWriter, WriteOp, WriterConfig};

@@ -158,6 +158,27 @@ pub fn print_status(addr: &str, json: bool) -> anyhow::Result<ExitCode> {
         status.filters.generation,
         status.writer.leases.len()
     );
+    let rollout = &status.filters.rollout;
+    if let Some(c) = &rollout.candidate {
+        println!(
+            "canary: generation {} decides {}% of endpoints (stable {}); {} decisions, {} failed, {} changed; promoted in {}s",
+            c.generation,
+            c.canary_percent,
+            rollout.stable_generation,
+            c.decisions,
+            c.failures,
+            c.changed,
+            c.promote_in_seconds
+        );
+    }
+    if let Some(r) = &rollout.last_rollback {
+        println!(
+            "last rollback: generation {} ({}) rolled back: {}",
+            r.generation,
+            r.modules.join(", "),
+            r.reason
+        );
+    }
     if status.remotes.iter().any(|r| r.endpoints.shadow) {
         println!(
             "import hook in SHADOW mode: FILTERED counts what it would remove; everything is mirrored"

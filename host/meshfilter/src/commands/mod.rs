@@ -1,15 +1,18 @@
 //! Command implementations.
 
 mod bench;
+mod bench_diff;
 mod bench_mesh;
 mod bench_node;
 mod check;
 mod demo;
 mod demo_mesh;
+mod diff;
 mod export;
 mod mesh;
 mod node;
 mod serve;
+mod snapshot;
 mod test;
 
 use std::collections::BTreeMap;
@@ -31,12 +34,15 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Filter(FilterCommand::Check(args)) => check::run(&args),
         Command::Filter(FilterCommand::Test(args)) => test::run(&args),
         Command::Filter(FilterCommand::Bench(args)) => bench::run(&args),
+        Command::Filter(FilterCommand::Diff(args)) => diff::run(&args),
+        Command::Snapshot(args) => snapshot::run(&args),
         Command::Demo(args) => demo::run(&args),
         Command::Mesh(args) => mesh::run(&args),
         Command::Export(args) => export::run(&args),
         Command::Node(args) => node::run(&args),
         Command::Bench(BenchCommand::Mesh(args)) => bench_mesh::run(&args),
         Command::Bench(BenchCommand::Node(args)) => bench_node::run(&args),
+        Command::Bench(BenchCommand::Diff(args)) => bench_diff::run(&args),
         Command::Status(args) => mesh::print_status(&args.addr, args.json),
         Command::Explain(args) => mesh::print_explain(&args.addr, &args.target),
     }

@@ -56,6 +56,7 @@ pub fn checked(
         FilterMetrics::default(),
     )
     .context("filters")?;
+    filters.rollout_policy()?;
     let info = runtime.info();
     println!(
         "meshfilter {role}: config ok; filters ok (generation {}, {} module{})",
@@ -112,6 +113,7 @@ pub fn load_filters(
         )
     })
     .context("loading filters")?;
+    runtime.set_rollout(filters.rollout_policy()?);
     let watch = runtime.watch(Duration::from_millis(500), Duration::from_secs(60))?;
     Ok((runtime, registry, watch))
 }

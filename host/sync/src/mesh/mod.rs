@@ -317,6 +317,7 @@ impl MeshHandle {
                 .map(|(hook, chain)| (hook.to_string(), chain.clone()))
                 .collect(),
             last_reload_error: info.last_reload_error.map(|e| bounded(e, MAX_ERROR_CHARS)),
+            rollout: info.rollout,
         };
         let writer = state
             .writer
