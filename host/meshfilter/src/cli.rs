@@ -76,6 +76,33 @@ pub enum BenchCommand {
     /// the local cache and from a remote cluster through `meshfilter mesh`, and the
     /// event rate at which the node agent saturates. Needs root.
     Node(BenchNodeArgs),
+    /// Chaos soak: remote clusters (one through `meshfilter export`) and two `meshfilter
+    /// mesh` replicas on real etcd, under churn and faults (kill -9, SIGTERM, SIGSTOP,
+    /// etcd restarts and wipes, compaction, partitions, revoked leases, bad filters), then
+    /// the local cache and the export etcd checked against a model. Exit code 1 on any
+    /// difference.
+    Chaos(BenchChaosArgs),
+}
+
+/// `bench chaos`
+#[derive(Debug, Args)]
+pub struct BenchChaosArgs {
+    /// Minutes of churn and faults (fractions allowed).
+    #[arg(long, default_value_t = 2.0)]
+    pub minutes: f64,
+    /// Remote clusters; the first is fed through `meshfilter export`.
+    #[arg(long, default_value_t = 3)]
+    pub remotes: usize,
+    /// Endpoints per remote cluster at start.
+    #[arg(long, default_value_t = 300)]
+    pub endpoints: usize,
+    /// Seed of the faults and the churn (random when not given; printed to replay a run).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Keep configs and process logs in this directory (default: a temporary directory,
+    /// removed at the end).
+    #[arg(long)]
+    pub logs: Option<PathBuf>,
 }
 
 /// `bench node`

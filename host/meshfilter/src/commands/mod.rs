@@ -1,6 +1,7 @@
 //! Command implementations.
 
 mod bench;
+mod bench_chaos;
 mod bench_mesh;
 mod bench_node;
 mod check;
@@ -37,6 +38,7 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Node(args) => node::run(&args),
         Command::Bench(BenchCommand::Mesh(args)) => bench_mesh::run(&args),
         Command::Bench(BenchCommand::Node(args)) => bench_node::run(&args),
+        Command::Bench(BenchCommand::Chaos(args)) => bench_chaos::run(&args),
         Command::Status(args) => mesh::print_status(&args.addr, args.json),
         Command::Explain(args) => mesh::print_explain(&args.addr, &args.target),
     }
