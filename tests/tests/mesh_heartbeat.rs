@@ -58,12 +58,13 @@ async fn a_revoked_heartbeat_lease_does_not_take_the_heartbeat_away() {
     client.lease_client().revoke(lease).await.unwrap();
     // Back on a live lease well before the next minute's write (`eventually` gives up
     // after 20 s).
-    eventually("the heartbeat is written again", async || {
-        match heartbeat_lease(&client).await {
+    eventually(
+        "the heartbeat is written again",
+        async || match heartbeat_lease(&client).await {
             Ok(now) if now != lease => Ok(()),
             other => Err(format!("{other:?}")),
-        }
-    })
+        },
+    )
     .await;
 
     cancel.cancel();

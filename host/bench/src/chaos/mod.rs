@@ -354,7 +354,14 @@ fn start_remote(
     let name = format!("remote-{index}");
     let exported = index == 1;
     let position = u8::try_from(index).unwrap_or(u8::MAX);
-    let world = ClusterWorld::new(&name, position, u32::from(position), !exported, endpoints, rng);
+    let world = ClusterWorld::new(
+        &name,
+        position,
+        u32::from(position),
+        !exported,
+        endpoints,
+        rng,
+    );
     let source = start_etcd(&format!("{name}-apiserver"))?;
     let source_client = connect(rt, &source, &name)?;
     let export = if exported {

@@ -3,8 +3,8 @@
 //! under test.
 //!
 //! The rules are the subset of the shipped cfp-scope filter (`filters/cfp-scope`) that the
-//! generator exercises, and kvstoremesh's mirroring as `/work/shared/cilium-formats.md`
-//! §2–3 describes it:
+//! generator exercises, and kvstoremesh's mirroring as Cilium's
+//! `pkg/clustermesh/kvstoremesh/reflector` does it:
 //! - **export** (`meshfilter export` from an etcd source, which has no annotations): an
 //!   endpoint is published when its identity carries the label
 //!   `clustermesh.cilium.io/sync=true`; its scope is the identity's
@@ -155,8 +155,9 @@ pub(crate) fn import(cluster: &str, remote: &Snapshot, local_region: &str) -> Ex
         let keep = match endpoint.scope.as_deref().map(str::trim) {
             None | Some("") | Some("global") => true,
             Some("regional") | Some("region") => {
+                // Kept in the region it comes from; an unknown region fails open.
                 match region_of.get(&endpoint.host_ip).cloned().flatten() {
-                    Some(origin) => origin != local_region,
+                    Some(origin) => origin == local_region,
                     None => true,
                 }
             }

@@ -3,7 +3,7 @@
 //! `meshfilter-cilium`: the model must not share code with what it checks, or a wrong key
 //! or a wrong field would be expected as well as produced.
 //!
-//! The layouts follow `/work/shared/cilium-formats.md` §2 (clustermesh-apiserver's state
+//! The layouts follow Cilium's (clustermesh-apiserver's state
 //! prefixes, kvstoremesh's cache prefixes, base-prefix canaries, the compact JSON of
 //! `IPIdentityPair` with `SyncScope` last and of `CiliumClusterConfig` with `omitempty`).
 
