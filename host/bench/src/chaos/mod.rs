@@ -803,21 +803,28 @@ impl Soak {
                 if !revoked {
                     return Ok(None);
                 }
-                if *kind != "entry" {
-                    // Nothing deletes these while the remotes stay configured: the key must
-                    // be back soon, on a new lease.
-                    self.schedule(
-                        TICK,
-                        Action::ExpectBack {
-                            export: owner == "exporter",
-                            key: key.clone(),
-                            deadline: Instant::now() + REWRITE_TIMEOUT,
-                            export_wipes: self.export_wipes,
-                        },
-                    );
+                // Nothing deletes canaries, cluster configs or the heartbeat while the
+                // remotes stay configured: every one the lease held must be back soon, on
+                // a new lease (entries may be deleted at the source meanwhile; the final
+                // check covers them).
+                let export = owner == "exporter";
+                let mut expected = 0;
+                for (_, keys) in kinds.iter().filter(|(kind, _)| *kind != "entry") {
+                    for (gone, _) in keys.iter().filter(|(_, l)| *l == lease) {
+                        expected += 1;
+                        self.schedule(
+                            TICK,
+                            Action::ExpectBack {
+                                export,
+                                key: gone.clone(),
+                                deadline: Instant::now() + REWRITE_TIMEOUT,
+                                export_wipes: self.export_wipes,
+                            },
+                        );
+                    }
                 }
                 Ok(Some(format!(
-                    "lease {lease:x} of {owner}, holding the {kind} {key}"
+                    "lease {lease:x} of {owner}, holding the {kind} {key} and {expected} canaries, configs or heartbeats in all"
                 )))
             }
             Fault::ExporterKill => {
