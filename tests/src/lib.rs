@@ -1,11 +1,15 @@
-//! Fixtures shared by the integration tests: built filter modules and a module directory
-//! that is updated the way the kubelet updates a mounted ConfigMap.
+//! Fixtures shared by the integration tests: built filter modules, remote mirrors with
+//! short retries, and (re-exported from `meshfilter-local-etcd`, which the chaos soak
+//! shares) the TCP proxy and the ConfigMap-like module directory.
 
 pub mod cilium_data;
-pub mod proxy;
 pub use meshfilter_local_etcd as etcd;
+/// The directory updated like a mounted ConfigMap (shared with the chaos soak).
+pub use meshfilter_local_etcd::ConfigMapDir;
+/// The TCP proxy that partitions a client from an etcd (shared with the chaos soak).
+pub use meshfilter_local_etcd::proxy;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 /// Directory holding `<crate>.wasm` for every filter built for the tests.
@@ -17,68 +21,6 @@ pub fn modules_dir() -> PathBuf {
 pub fn module_bytes(name: &str) -> Vec<u8> {
     let path = modules_dir().join(format!("{name}.wasm"));
     std::fs::read(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
-}
-
-/// A directory laid out like a mounted ConfigMap: the visible entries are symlinks
-/// through `..data`, which points at a timestamped directory, and an update swaps
-/// `..data` with one atomic rename (the kubelet's AtomicWriter).
-pub struct ConfigMapDir {
-    dir: tempfile::TempDir,
-    version: u32,
-}
-
-impl ConfigMapDir {
-    /// An empty mount.
-    pub fn new() -> ConfigMapDir {
-        ConfigMapDir {
-            dir: tempfile::tempdir().expect("temp dir"),
-            version: 0,
-        }
-    }
-
-    /// The mount point.
-    pub fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    /// Replaces the whole content with `files` in one atomic swap.
-    pub fn update(&mut self, files: &[(&str, &[u8])]) {
-        self.version += 1;
-        let root = self.dir.path();
-        let data_dir_name = format!("..2026_11_25_00_00_00.{:06}", self.version);
-        let data_dir = root.join(&data_dir_name);
-        std::fs::create_dir(&data_dir).expect("create data dir");
-        for (name, bytes) in files {
-            std::fs::write(data_dir.join(name), bytes).expect("write file");
-        }
-        let old = std::fs::read_link(root.join("..data")).ok();
-        let tmp = root.join("..data_tmp");
-        std::os::unix::fs::symlink(&data_dir_name, &tmp).expect("symlink ..data_tmp");
-        std::fs::rename(&tmp, root.join("..data")).expect("swap ..data");
-        for (name, _) in files {
-            let link = root.join(name);
-            if std::fs::symlink_metadata(&link).is_err() {
-                std::os::unix::fs::symlink(Path::new("..data").join(name), &link)
-                    .expect("symlink file");
-            }
-        }
-        // Drop visible links whose file is gone, then the old data directory.
-        for entry in std::fs::read_dir(root).expect("read mount").flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if !name.starts_with("..") && !files.iter().any(|(f, _)| *f == name) {
-                let _ = std::fs::remove_file(entry.path());
-            }
-        }
-        if let Some(old) = old {
-            let _ = std::fs::remove_dir_all(root.join(old));
-        }
-    }
-}
-
-impl Default for ConfigMapDir {
-    fn default() -> Self {
-        ConfigMapDir::new()
-    }
 }
 
 /// Polls `condition` until it holds or `timeout` passes; returns whether it held.

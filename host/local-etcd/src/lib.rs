@@ -1,6 +1,15 @@
-//! Throwaway etcd servers for the demo, the benchmarks and the tests: real `etcd`
-//! processes started on free loopback ports with their own data directory (on tmpfs when
-//! there is one), killed and removed on drop.
+//! Throwaway fixtures for the demo, the benchmarks, the chaos soak and the tests:
+//! - [`EtcdServer`]: real `etcd` processes started on free loopback ports with their own
+//!   data directory (on tmpfs when there is one), killed and removed on drop;
+//! - [`TcpProxy`]: a proxy in front of one, to partition its clients from it and heal;
+//! - [`ConfigMapDir`]: a directory updated the way the kubelet updates a mounted
+//!   ConfigMap, for what hot-reloads one (filters).
+
+mod configmap;
+pub mod proxy;
+
+pub use configmap::ConfigMapDir;
+pub use proxy::TcpProxy;
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -318,20 +327,37 @@ impl EtcdServer {
         }
     }
 
-    /// Restarts a killed server on the same ports and data (same cluster ID).
+    /// [`EtcdServer::try_restart`], panicking on failure (for tests).
     pub fn restart(&mut self) {
+        self.try_restart().unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    /// Restarts a killed server on the same ports and data (same cluster ID) and waits
+    /// until it answers.
+    pub fn try_restart(&mut self) -> Result<(), String> {
         self.kill();
-        self.spawn();
+        self.try_spawn()
+    }
+
+    /// [`EtcdServer::try_replace_with_fresh`], panicking on failure (for tests).
+    pub fn replace_with_fresh(&mut self) {
+        self.try_replace_with_fresh()
+            .unwrap_or_else(|e| panic!("{e}"));
     }
 
     /// Restarts on the same ports with an empty data directory: a new etcd cluster with
     /// a new cluster ID, as when a clustermesh-apiserver pod with its ephemeral etcd is
-    /// replaced.
-    pub fn replace_with_fresh(&mut self) {
+    /// replaced. Waits until it answers.
+    pub fn try_replace_with_fresh(&mut self) -> Result<(), String> {
         self.kill();
         let _ = std::fs::remove_dir_all(self.data.path().join("data"));
         self.generation += 1;
-        self.spawn();
+        self.try_spawn()
+    }
+
+    /// Whether the server process runs (it was not killed, or was started again).
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
     }
 }
 

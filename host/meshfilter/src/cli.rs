@@ -142,6 +142,12 @@ pub enum BenchCommand {
     /// written as a snapshot, then stock Cilium (cfp-scope opt-out) diffed against the
     /// CFP (opt-in); prints the report and the time to read and evaluate it.
     Diff(BenchDiffArgs),
+    /// Chaos soak: remote clusters (one through `meshfilter export`) and two `meshfilter
+    /// mesh` replicas on real etcd, under churn and faults (kill -9, SIGTERM, SIGSTOP,
+    /// etcd restarts and wipes, compaction, partitions, revoked leases, bad filters), then
+    /// the local cache and the export etcd checked against a model. Exit code 1 on any
+    /// difference.
+    Chaos(BenchChaosArgs),
 }
 
 /// `bench diff`
@@ -159,6 +165,27 @@ pub struct BenchDiffArgs {
     /// Worker threads (default: one per core).
     #[arg(long)]
     pub threads: Option<usize>,
+}
+
+/// `bench chaos`
+#[derive(Debug, Args)]
+pub struct BenchChaosArgs {
+    /// Minutes of churn and faults (fractions allowed).
+    #[arg(long, default_value_t = 2.0)]
+    pub minutes: f64,
+    /// Remote clusters; the first is fed through `meshfilter export`.
+    #[arg(long, default_value_t = 3)]
+    pub remotes: usize,
+    /// Endpoints per remote cluster at start.
+    #[arg(long, default_value_t = 300)]
+    pub endpoints: usize,
+    /// Seed of the faults and the churn (random when not given; printed to replay a run).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Keep configs and process logs in this directory (default: a temporary directory,
+    /// removed at the end).
+    #[arg(long)]
+    pub logs: Option<PathBuf>,
 }
 
 /// `bench node`

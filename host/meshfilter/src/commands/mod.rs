@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_diff;
+mod bench_chaos;
 mod bench_mesh;
 mod bench_node;
 mod check;
@@ -43,6 +44,7 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Bench(BenchCommand::Mesh(args)) => bench_mesh::run(&args),
         Command::Bench(BenchCommand::Node(args)) => bench_node::run(&args),
         Command::Bench(BenchCommand::Diff(args)) => bench_diff::run(&args),
+        Command::Bench(BenchCommand::Chaos(args)) => bench_chaos::run(&args),
         Command::Status(args) => mesh::print_status(&args.addr, args.json),
         Command::Explain(args) => mesh::print_explain(&args.addr, &args.target),
     }

@@ -268,18 +268,34 @@ async fn expire_pins(resolver: Arc<Resolver>, cancel: CancellationToken) {
     }
 }
 
+/// How often the heartbeat is written (Cilium's `HeartbeatWriteInterval`).
+const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(60);
+
 /// Writes `cilium/.heartbeat` every minute under the writer's lease, as kvstoremesh does
-/// with `--enable-heartbeat`: agents watch it to notice a cache that stopped moving.
+/// with `--enable-heartbeat`: agents watch it to notice a cache that stopped moving. Like
+/// every key of the cache it is written again as soon as its lease is lost, not a minute
+/// later: until then the key is simply gone.
 async fn heartbeat(writer: Arc<TargetWriter>, cancel: CancellationToken) {
+    let mut lost = writer.lease_lost();
+    let mut tick = tokio::time::interval(HEARTBEAT_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut lease = 0;
     loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+            changed = lost.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                if writer.live_leases().contains(&lease) {
+                    continue;
+                }
+            }
+        }
         match writer.write_canary(HEARTBEAT_KEY, lease).await {
             Ok(now_on) => lease = now_on,
             Err(e) => tracing::warn!(error = %e, "cannot write the heartbeat"),
-        }
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep(Duration::from_secs(60)) => {}
         }
     }
 }
