@@ -64,6 +64,23 @@ pub enum FilterCommand {
     /// Measure decisions per second and latency, Wasm against native Rust, with and
     /// without memoisation.
     Bench(BenchArgs),
+    /// Write a filter module shipped inside this binary to a file (or every one into a
+    /// directory with --all), and print its sha256 pin.
+    Get(GetArgs),
+}
+
+/// `filter get`
+#[derive(Debug, Args)]
+pub struct GetArgs {
+    /// Shipped filter: cfp-scope, namespace-allowlist or region-pairs.
+    #[arg(required_unless_present = "all", conflicts_with = "all")]
+    pub name: Option<String>,
+    /// Output file (`-` or omitted: stdout, unless it is a terminal).
+    #[arg(short, long)]
+    pub output: Option<String>,
+    /// Write every shipped module into this directory, as `<name>.wasm`.
+    #[arg(long, value_name = "DIR")]
+    pub all: Option<PathBuf>,
 }
 
 /// `meshfilter bench ...`

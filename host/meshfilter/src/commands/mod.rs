@@ -7,6 +7,7 @@ mod check;
 mod demo;
 mod demo_mesh;
 mod export;
+mod filter_get;
 mod mesh;
 mod node;
 mod serve;
@@ -31,6 +32,7 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Filter(FilterCommand::Check(args)) => check::run(&args),
         Command::Filter(FilterCommand::Test(args)) => test::run(&args),
         Command::Filter(FilterCommand::Bench(args)) => bench::run(&args),
+        Command::Filter(FilterCommand::Get(args)) => filter_get::run(&args),
         Command::Demo(args) => demo::run(&args),
         Command::Mesh(args) => mesh::run(&args),
         Command::Export(args) => export::run(&args),
