@@ -9,4 +9,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh --no-ebpf
-exec cargo run --release --quiet -p meshfilter --no-default-features -- demo "$@"
+exec cargo run --release -p meshfilter --no-default-features -- demo "$@"
