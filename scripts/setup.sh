@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # Installs what building and testing meshfilter needs, when it is missing. Idempotent:
 # a second run does nothing but check. Needs root (or sudo) for apt.
+# `--no-ebpf` skips the eBPF toolchain (pinned nightly and bpf-linker): what the demo uses,
+# as it builds meshfilter without the classifier.
 set -euo pipefail
+with_ebpf=1
+[ "${1:-}" = "--no-ebpf" ] && with_ebpf=0
 
 log() { printf '\033[1m[setup]\033[0m %s\n' "$*" >&2; }
 
@@ -47,6 +51,10 @@ fi
 # point LLVM_PREFIX at the nightly's own libLLVM. Keep EBPF_TOOLCHAIN in step with
 # host/node/build.rs.
 EBPF_TOOLCHAIN=nightly-2026-10-30
+if [ "$with_ebpf" -eq 0 ]; then
+  log "ready: $(etcd --version | head -1), $(protoc --version), $(rustc --version) (eBPF toolchain not needed)"
+  exit 0
+fi
 if ! rustup run "$EBPF_TOOLCHAIN" rustc --print sysroot >/dev/null 2>&1 ||
    [ ! -d "$(rustup run "$EBPF_TOOLCHAIN" rustc --print sysroot)/lib/rustlib/src/rust/library" ]; then
   log "installing $EBPF_TOOLCHAIN with rust-src (the eBPF program's toolchain)"

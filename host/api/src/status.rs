@@ -210,3 +210,19 @@ pub struct LeaseStatus {
     /// Keys counted on it.
     pub keys: usize,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_remote_etcd_cluster_id_is_not_ciliums_cluster_id() {
+        let status = ReflectorStatus {
+            etcd_cluster_id: 42,
+            ..ReflectorStatus::default()
+        };
+        let json = serde_json::to_value(&status).unwrap();
+        assert_eq!(json["etcdClusterId"], 42);
+        assert!(json.get("clusterId").is_none(), "{json}");
+    }
+}

@@ -34,6 +34,11 @@ pub struct EtcdConfig {
 }
 
 impl EtcdConfig {
+    /// The fields this config reads, as written in a file. Cilium's connection files may
+    /// carry more (read tolerantly); a meshfilter role's own config rejects anything else.
+    pub const FIELDS: &'static [&'static str] =
+        &["endpoints", "trusted-ca-file", "cert-file", "key-file"];
+
     /// A plain-text config for `endpoints`.
     pub fn plain(endpoints: impl IntoIterator<Item = impl Into<String>>) -> EtcdConfig {
         EtcdConfig {
@@ -130,8 +135,9 @@ pub type ClusterFile = (String, Result<EtcdConfig, EtcdError>);
 
 /// Reads a clustermesh directory the way Cilium mounts it (one file per remote cluster,
 /// named after the cluster, usually a symlink through the secret volume's `..data`): every
-/// regular file (links followed) whose name does not start with `.`, except `own`, sorted
-/// by name. A file that cannot be read or parsed is returned with its error, so the
+/// regular file (links followed) whose name has no `.`, except `own`, sorted by name. Cluster
+/// names never contain a dot, so the certificates Cilium projects into the same directory
+/// (`common-etcd-client.crt`, `<cluster>.etcd-client-ca.crt`) are passed over unread. A file that cannot be read or parsed is returned with its error, so the
 /// caller can say which one is wrong and keep the others.
 pub fn scan_clusters_dir(dir: &Path, own: Option<&str>) -> Result<Vec<ClusterFile>, EtcdError> {
     let err = |e: std::io::Error| EtcdError::Config {
@@ -144,7 +150,7 @@ pub fn scan_clusters_dir(dir: &Path, own: Option<&str>) -> Result<Vec<ClusterFil
         let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
             continue;
         };
-        if name.starts_with('.') || Some(name) == own || !path.is_file() {
+        if name.contains('.') || Some(name) == own || !path.is_file() {
             continue;
         }
         out.push((name.to_string(), EtcdConfig::from_file(&path)));
@@ -198,8 +204,13 @@ mod tests {
         std::fs::write(data.join("east"), "endpoints: [http://east:2379]\n").unwrap();
         std::fs::write(data.join("west"), "endpoints: []\n").unwrap();
         std::fs::write(data.join("local"), "endpoints: [http://local:2379]\n").unwrap();
+        std::fs::write(
+            data.join("common-etcd-client.crt"),
+            "-----BEGIN CERTIFICATE-----\n",
+        )
+        .unwrap();
         std::os::unix::fs::symlink("..2026_11_30_00_00_00.000001", dir.join("..data")).unwrap();
-        for name in ["east", "west", "local"] {
+        for name in ["east", "west", "local", "common-etcd-client.crt"] {
             std::os::unix::fs::symlink(format!("..data/{name}"), dir.join(name)).unwrap();
         }
         let found = scan_clusters_dir(&dir, Some("local")).unwrap();
@@ -207,7 +218,7 @@ mod tests {
         assert_eq!(
             names,
             ["east", "west"],
-            "links followed, dot files and own cluster skipped"
+            "links followed; dot files, certificates and own cluster skipped"
         );
         assert!(found[0].1.is_ok());
         assert!(

@@ -74,6 +74,9 @@ pub enum FilterCommand {
     /// after with an estimate of the agents' memory. Exit code 1 when a `--max-*` gate
     /// is crossed.
     Diff(DiffArgs),
+    /// Write a filter module shipped inside this binary to a file (or every one into a
+    /// directory with --all), and print its sha256 pin.
+    Get(GetArgs),
 }
 
 /// `filter diff`
@@ -126,6 +129,20 @@ pub struct SnapshotArgs {
     /// The file to write.
     #[arg(short, long)]
     pub output: PathBuf,
+}
+
+/// `filter get`
+#[derive(Debug, Args)]
+pub struct GetArgs {
+    /// Shipped filter: cfp-scope, namespace-allowlist or region-pairs.
+    #[arg(required_unless_present = "all", conflicts_with = "all")]
+    pub name: Option<String>,
+    /// Output file (`-` or omitted: stdout, unless it is a terminal).
+    #[arg(short, long)]
+    pub output: Option<String>,
+    /// Write every shipped module into this directory, as `<name>.wasm`.
+    #[arg(long, value_name = "DIR")]
+    pub all: Option<PathBuf>,
 }
 
 /// `meshfilter bench ...`

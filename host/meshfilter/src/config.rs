@@ -12,6 +12,7 @@ use meshfilter_etcd::EtcdConfig;
 use meshfilter_filter_runtime::Locality;
 use meshfilter_k8s_source::{ApiAccess, LocalCluster};
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
 
 /// `meshfilter mesh --config <file>`.
 #[derive(Debug, Clone, Deserialize)]
@@ -29,7 +30,7 @@ pub struct MeshConfig {
     pub filters: FiltersSection,
     /// Address of the HTTP endpoint (`/metrics`, `/healthz`, `/readyz`, `/status`,
     /// `/explain`, `/resolve`).
-    #[serde(default = "default_listen")]
+    #[serde(default = "default_listen", deserialize_with = "socket_addr")]
     pub listen: SocketAddr,
     /// The on-demand resolve API for node agents.
     #[serde(default)]
@@ -154,16 +155,75 @@ fn default_per_second() -> u32 {
 }
 
 /// Durations written as `30s`, `5m`, `1h`.
-mod humantime_serde_compat {
+pub(crate) mod humantime_serde_compat {
     use serde::Deserialize;
 
     pub fn deserialize<'de, D: serde::Deserializer<'de>>(
         d: D,
     ) -> Result<std::time::Duration, D::Error> {
         let text = String::deserialize(d)?;
-        humantime::parse_duration(&text)
-            .map_err(|e| serde::de::Error::custom(format!("{text:?}: {e}")))
+        humantime::parse_duration(&text).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "{text:?} is not a duration ({e}); write e.g. 500ms, 30s, 5m, 1h"
+            ))
+        })
     }
+}
+
+/// Parses a role's YAML config. Every error names the field by its path in the file
+/// (`localEtcd.endpoints[0]`, `resolve.pinTtl`) with the value and what is accepted, and a
+/// field meshfilter does not read is an error: a misspelt key must not fall back to a
+/// default silently.
+pub fn parse_yaml<T: DeserializeOwned>(text: &str) -> anyhow::Result<T> {
+    let mut unknown = Vec::new();
+    let mut note_unknown = |path: serde_ignored::Path<'_>| unknown.push(path.to_string());
+    let parsed = serde_path_to_error::deserialize(serde_ignored::Deserializer::new(
+        serde_yaml::Deserializer::from_str(text),
+        &mut note_unknown,
+    ));
+    let value: T = match parsed {
+        Ok(v) => v,
+        Err(e) => {
+            let path = e.path().to_string();
+            let message = e.into_inner().to_string();
+            if path == "." {
+                bail!("{message}");
+            }
+            // serde_yaml names the enclosing map itself in some messages; say it once.
+            let message = match message.split_once(": ") {
+                Some((head, rest)) if path.starts_with(head) => rest.to_string(),
+                _ => message,
+            };
+            bail!("{path}: {message}");
+        }
+    };
+    // Only the sections in Cilium's etcd client format are read tolerantly (its connection
+    // files may carry more); in a role's config an unread field is a mistake.
+    if let Some(path) = unknown.first() {
+        let (parent, field) = path.rsplit_once('.').unwrap_or(("", path));
+        if parent.ends_with("Etcd") {
+            bail!(
+                "{path}: unknown field `{field}`, expected one of {}",
+                EtcdConfig::FIELDS
+                    .iter()
+                    .map(|f| format!("`{f}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        bail!("{path}: unknown field `{field}`");
+    }
+    Ok(value)
+}
+
+/// `listen`: an `address:port` to bind.
+pub(crate) fn socket_addr<'de, D: serde::Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+    let text = String::deserialize(d)?;
+    text.parse().map_err(|_| {
+        serde::de::Error::custom(format!(
+            "{text:?} is not an address:port to listen on (e.g. 0.0.0.0:9964, [::]:9964)"
+        ))
+    })
 }
 
 /// Who this cluster is.
@@ -271,12 +331,50 @@ impl FiltersSection {
     }
 }
 
+impl FiltersSection {
+    /// Checks what can be checked before the modules load: the directory exists, each pin
+    /// is a sha256, and only the hooks in `shadowable` (those this role runs) are shadowed.
+    pub fn validate(
+        &self,
+        shadowable: &[meshfilter_filter_runtime::Hook],
+        role: &str,
+    ) -> anyhow::Result<()> {
+        if let Some(dir) = &self.directory
+            && !dir.is_dir()
+        {
+            bail!(
+                "filters.directory: {} is not a directory (mount the filters ConfigMap there, or leave it out for the built-in cfp-scope)",
+                dir.display()
+            );
+        }
+        if let Some(hook) = self.shadow.iter().find(|h| !shadowable.contains(h)) {
+            let accepted: Vec<String> = shadowable.iter().map(|h| h.to_string()).collect();
+            if accepted.is_empty() {
+                bail!("filters.shadow: {hook} cannot be shadowed in {role} (no hook can)");
+            }
+            bail!(
+                "filters.shadow: {hook} cannot be shadowed in {role} (accepted: {})",
+                accepted.join(", ")
+            );
+        }
+        for (module, sha) in &self.pins {
+            if sha.len() != 64 || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
+                bail!(
+                    "filters.pins.{module}: {sha:?} is not a sha256 (64 hex digits, as `meshfilter filter get` and sha256sum print it)"
+                );
+            }
+        }
+        self.rollout_policy()?;
+        Ok(())
+    }
+}
+
 impl ClusterSection {
     /// Checks the name against Cilium's rules.
     pub fn validated(&self) -> anyhow::Result<ClusterName> {
         ClusterName::new(self.name.clone()).with_context(|| {
             format!(
-                "cluster.name: {:?} is not a valid Cilium cluster name",
+                "cluster.name: {:?} is not a valid Cilium cluster name (at most 32 characters: lowercase letters, digits and '-', starting and ending with a letter or digit)",
                 self.name
             )
         })
@@ -301,8 +399,12 @@ impl MeshConfig {
     pub fn load(path: &Path) -> anyhow::Result<MeshConfig> {
         let text =
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        let config: MeshConfig = serde_yaml::from_str(&text)
-            .with_context(|| format!("invalid config {}", path.display()))?;
+        MeshConfig::parse(&text).with_context(|| format!("invalid config {}", path.display()))
+    }
+
+    /// Parses and validates config text (paths in it are checked on this machine).
+    pub fn parse(text: &str) -> anyhow::Result<MeshConfig> {
+        let config: MeshConfig = parse_yaml(text)?;
         config.cluster.validated()?;
         config.sync.validate()?;
         if config.local_etcd.endpoints.is_empty() {
@@ -310,29 +412,14 @@ impl MeshConfig {
         }
         if !config.clusters_dir.is_dir() {
             bail!(
-                "clustersDir: {} is not a directory",
+                "clustersDir: {} is not a directory (Cilium mounts the clustermesh secret at /var/lib/cilium/clustermesh)",
                 config.clusters_dir.display()
             );
         }
-        if let Some(dir) = &config.filters.directory
-            && !dir.is_dir()
-        {
-            bail!("filters.directory: {} is not a directory", dir.display());
-        }
-        if let Some(hook) = config
-            .filters
-            .shadow
-            .iter()
-            .find(|h| **h != meshfilter_filter_runtime::Hook::Import)
-        {
-            bail!("filters.shadow: {hook} does not run in meshfilter mesh (only import does)");
-        }
-        for (module, sha) in &config.filters.pins {
-            if sha.len() != 64 || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
-                bail!("filters.pins.{module}: {sha:?} is not a hex sha256");
-            }
-        }
-        config.filters.rollout_policy()?;
+        config.filters.validate(
+            &[meshfilter_filter_runtime::Hook::Import],
+            "meshfilter mesh",
+        )?;
         Ok(config)
     }
 
@@ -354,7 +441,7 @@ struct ExportFile {
     export_etcd: EtcdConfig,
     #[serde(default)]
     filters: FiltersSection,
-    #[serde(default = "default_listen")]
+    #[serde(default = "default_listen", deserialize_with = "socket_addr")]
     listen: SocketAddr,
     #[serde(default)]
     sync: SyncSection,
@@ -473,9 +560,10 @@ impl ExportConfig {
 
     /// Parses and validates config text; errors name the field and the bad value.
     pub fn parse(text: &str) -> anyhow::Result<ExportConfig> {
-        let file: ExportFile = serde_yaml::from_str(text)?;
+        let file: ExportFile = parse_yaml(text)?;
         let cluster_name = file.cluster.validated()?;
         file.sync.validate()?;
+        file.filters.validate(&[], "meshfilter export")?;
         if file.export_etcd.endpoints.is_empty() {
             bail!("exportEtcd.endpoints: at least one endpoint is required");
         }
@@ -502,10 +590,7 @@ impl ExportConfig {
             cluster_name,
             source,
             export_etcd: file.export_etcd,
-            filters: {
-                file.filters.rollout_policy()?;
-                file.filters
-            },
+            filters: file.filters,
             listen: file.listen,
             sync: file.sync,
         })
@@ -572,6 +657,70 @@ mod tests {
                 context: Some("west".into())
             }
         );
+    }
+
+    #[test]
+    fn mesh_errors_name_the_path_the_value_and_what_is_accepted() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = format!(
+            "cluster: {{name: prod-eu-1}}\nclustersDir: {}\n",
+            dir.path().display()
+        );
+        let etcd = "localEtcd: {endpoints: [http://127.0.0.1:2379]}\n";
+        let ok = MeshConfig::parse(&format!("{base}{etcd}")).unwrap();
+        assert_eq!(ok.listen, default_listen());
+        for (extra, expected) in [
+            (
+                "localEtcd: {endpoints: [http://x:2379], ca-file: /ca}\n",
+                "localEtcd.ca-file: unknown field `ca-file`, expected one of `endpoints`, `trusted-ca-file`",
+            ),
+            (
+                &format!("{etcd}resolv: {{}}\n"),
+                "resolv: unknown field `resolv`, expected one of `cluster`",
+            ),
+            (
+                &format!("{etcd}resolve: {{pinTtl: five minutes}}\n"),
+                "resolve.pinTtl: \"five minutes\" is not a duration",
+            ),
+            (
+                &format!("{etcd}resolve: {{perSecond: lots}}\n"),
+                "resolve.perSecond: invalid type: string \"lots\", expected u32",
+            ),
+            (
+                &format!("{etcd}listen: 9964\n"),
+                "listen: \"9964\" is not an address:port to listen on (e.g. 0.0.0.0:9964",
+            ),
+            (
+                &format!("{etcd}filters: {{shadow: [export]}}\n"),
+                "filters.shadow: export cannot be shadowed in meshfilter mesh (accepted: import)",
+            ),
+            (
+                &format!("{etcd}filters: {{shadow: [sideways]}}\n"),
+                "filters.shadow[0]: unknown variant `sideways`, expected one of `export`, `import`, `miss`",
+            ),
+            (
+                &format!("{etcd}filters: {{pins: {{cfp-scope.wasm: abc}}}}\n"),
+                "filters.pins.cfp-scope.wasm: \"abc\" is not a sha256 (64 hex digits",
+            ),
+            (
+                &format!("{etcd}sync: {{leaseTtl: 1s}}\n"),
+                "sync.leaseTtl: 1s is too short (at least 2s)",
+            ),
+        ] {
+            let e = format!(
+                "{:#}",
+                MeshConfig::parse(&format!("{base}{extra}")).unwrap_err()
+            );
+            assert!(e.starts_with(expected), "{extra}: {e}");
+        }
+        let e = format!(
+            "{:#}",
+            MeshConfig::parse(&format!(
+                "{etcd}cluster: {{name: Prod_EU}}\nclustersDir: /nonexistent\n"
+            ))
+            .unwrap_err()
+        );
+        assert!(e.starts_with("cluster.name: \"Prod_EU\" is not a valid Cilium cluster name (at most 32 characters"), "{e}");
     }
 
     #[test]

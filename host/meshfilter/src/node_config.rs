@@ -11,7 +11,9 @@ use meshfilter_etcd::EtcdConfig;
 use meshfilter_node::{Attachment, MissVerdict};
 use serde::Deserialize;
 
-use crate::config::{ClusterSection, FiltersSection};
+use crate::config::{
+    ClusterSection, FiltersSection, humantime_serde_compat, parse_yaml, socket_addr,
+};
 
 /// `meshfilter node --config <file>`.
 #[derive(Debug, Clone, Deserialize)]
@@ -37,7 +39,7 @@ pub struct NodeConfig {
     #[serde(default)]
     pub check_source: bool,
     /// In-kernel dedup window per address.
-    #[serde(default = "default_dedup", deserialize_with = "duration")]
+    #[serde(default = "default_dedup", with = "humantime_serde_compat")]
     pub dedup: Duration,
     /// Global in-kernel rate limit of miss events.
     #[serde(default)]
@@ -49,10 +51,10 @@ pub struct NodeConfig {
     #[serde(default = "default_concurrency")]
     pub concurrency: usize,
     /// How long an address found nowhere is not looked up again.
-    #[serde(default = "default_negative_ttl", deserialize_with = "duration")]
+    #[serde(default = "default_negative_ttl", with = "humantime_serde_compat")]
     pub negative_ttl: Duration,
     /// Timeout of one lookup.
-    #[serde(default = "default_resolve_timeout", deserialize_with = "duration")]
+    #[serde(default = "default_resolve_timeout", with = "humantime_serde_compat")]
     pub resolve_timeout: Duration,
     /// The local etcd with the kvstoremesh cache (read only).
     #[serde(default)]
@@ -75,7 +77,7 @@ pub struct NodeConfig {
     #[serde(default)]
     pub filters: FiltersSection,
     /// Address of `/metrics`, `/healthz`, `/readyz`, `/status`.
-    #[serde(default = "default_listen")]
+    #[serde(default = "default_listen", deserialize_with = "socket_addr")]
     pub listen: SocketAddr,
 }
 
@@ -155,24 +157,18 @@ fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 9966))
 }
 
-fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    let text = String::deserialize(d)?;
-    humantime::parse_duration(&text).map_err(|e| serde::de::Error::custom(format!("{text:?}: {e}")))
-}
-
 impl NodeConfig {
     /// Reads and validates `path`; errors name the field and the bad value.
     pub fn load(path: &Path) -> anyhow::Result<NodeConfig> {
         let text =
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        let config: NodeConfig = serde_yaml::from_str(&text)
-            .with_context(|| format!("invalid config {}", path.display()))?;
-        ClusterName::new(config.cluster.name.clone()).with_context(|| {
-            format!(
-                "cluster.name: {:?} is not a valid Cilium cluster name",
-                config.cluster.name
-            )
-        })?;
+        NodeConfig::parse(&text).with_context(|| format!("invalid config {}", path.display()))
+    }
+
+    /// Parses and validates config text (paths in it are checked on this machine).
+    pub fn parse(text: &str) -> anyhow::Result<NodeConfig> {
+        let config: NodeConfig = parse_yaml(text)?;
+        config.cluster.validated()?;
         if config.interfaces.is_empty() {
             bail!("interfaces: name at least one interface to attach the classifier to");
         }
@@ -183,7 +179,7 @@ impl NodeConfig {
             .find(|(_, a)| a.interface.is_empty() || a.interface.len() > 15)
         {
             bail!(
-                "interfaces[{i}].interface: {:?} is not an interface name",
+                "interfaces[{i}].interface: {:?} is not an interface name (1 to 15 characters, e.g. eth0)",
                 a.interface
             );
         }
@@ -211,7 +207,9 @@ impl NodeConfig {
         if let Some(url) = &config.mesh_api
             && !(url.starts_with("http://") || url.starts_with("https://"))
         {
-            bail!("meshApi: {url:?} is not an http(s) URL");
+            bail!(
+                "meshApi: {url:?} is not an http(s) URL (e.g. http://meshfilter-mesh.kube-system.svc:9964)"
+            );
         }
         if config.mode == NodeMode::Cilium && config.local_etcd.is_none() {
             bail!(
@@ -219,7 +217,11 @@ impl NodeConfig {
             );
         }
         if config.queue == 0 || config.concurrency == 0 {
-            bail!("queue, concurrency: must be at least 1");
+            bail!(
+                "queue, concurrency: {}, {}: each must be at least 1",
+                config.queue,
+                config.concurrency
+            );
         }
         for (i, c) in config.mesh_cidrs.iter().enumerate() {
             ClusterName::new(c.cluster.clone()).with_context(|| {
@@ -229,15 +231,7 @@ impl NodeConfig {
                 )
             })?;
         }
-        if let Some(dir) = &config.filters.directory
-            && !dir.is_dir()
-        {
-            bail!("filters.directory: {} is not a directory", dir.display());
-        }
-        if !config.filters.shadow.is_empty() {
-            bail!("filters.shadow: not supported by meshfilter node");
-        }
-        config.filters.rollout_policy()?;
+        config.filters.validate(&[], "meshfilter node")?;
         Ok(config)
     }
 

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use meshfilter_local_etcd::EtcdServer;
 
 mod common;
-use common::{etcdctl, free_port, http_get, put_canaries};
+use common::{etcdctl, free_port, http_get, put_canaries, wait_ready};
 
 fn stop(mesh: &mut Child) {
     common::stop(mesh, "mesh");
@@ -86,26 +86,13 @@ impl Setup {
 }
 
 fn spawn_mesh(config: &Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_meshfilter"))
-        .args([
-            "mesh",
-            "--config",
-            config.to_str().unwrap(),
-            "--drain-grace",
-            "1s",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start meshfilter mesh")
-}
-
-fn wait_ready(addr: &str, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while http_get(&format!("http://{addr}/readyz")) != "ready" {
-        assert!(Instant::now() < deadline, "{what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    common::spawn_meshfilter(&[
+        "mesh",
+        "--config",
+        config.to_str().unwrap(),
+        "--drain-grace",
+        "1s",
+    ])
 }
 
 #[test]

@@ -128,6 +128,7 @@ impl Default for DatapathConfig {
 
 /// One attachment of the classifier.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
 pub struct Attachment {
     /// Interface name.
     pub interface: String,

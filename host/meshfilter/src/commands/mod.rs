@@ -1,8 +1,8 @@
 //! Command implementations.
 
 mod bench;
-mod bench_diff;
 mod bench_chaos;
+mod bench_diff;
 mod bench_mesh;
 mod bench_node;
 mod check;
@@ -10,6 +10,7 @@ mod demo;
 mod demo_mesh;
 mod diff;
 mod export;
+mod filter_get;
 mod mesh;
 mod node;
 mod serve;
@@ -37,6 +38,7 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Filter(FilterCommand::Bench(args)) => bench::run(&args),
         Command::Filter(FilterCommand::Diff(args)) => diff::run(&args),
         Command::Snapshot(args) => snapshot::run(&args),
+        Command::Filter(FilterCommand::Get(args)) => filter_get::run(&args),
         Command::Demo(args) => demo::run(&args),
         Command::Mesh(args) => mesh::run(&args),
         Command::Export(args) => export::run(&args),

@@ -5,7 +5,7 @@
     reason = "each test binary uses a different part of the shared helpers"
 )]
 
-use std::process::{Child, Command};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// Runs etcdctl (v3 API) against `endpoint`; panics with its stderr on failure.
@@ -73,5 +73,25 @@ pub fn stop(child: &mut Child, what: &str) {
         }
         assert!(Instant::now() < deadline, "{what} did not stop on SIGTERM");
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Starts this crate's `meshfilter` binary with `args`, its output discarded.
+pub fn spawn_meshfilter(args: &[&str]) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_meshfilter"))
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start meshfilter")
+}
+
+/// Waits until the role serving `addr` answers `/readyz` with `ready`; panics with `what`
+/// after 30 s.
+pub fn wait_ready(addr: &str, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while http_get(&format!("http://{addr}/readyz")) != "ready" {
+        assert!(Instant::now() < deadline, "{what}");
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
