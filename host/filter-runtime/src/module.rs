@@ -8,7 +8,7 @@ use wasmparser::{Parser, Payload};
 use crate::bindings::FilterPre;
 use crate::engine::{FilterEngine, sha2_digest};
 use crate::error::LoadError;
-use crate::store::StoreState;
+use crate::host_state::HostState;
 
 /// What is known about a loaded module.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -33,7 +33,7 @@ pub struct LoadedModule {
     /// Metadata and identity.
     pub info: ModuleInfo,
     pub(crate) digest: [u8; 32],
-    pub(crate) pre: FilterPre<StoreState>,
+    pub(crate) pre: FilterPre<HostState>,
 }
 
 impl std::fmt::Debug for LoadedModule {

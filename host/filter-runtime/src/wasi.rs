@@ -20,6 +20,8 @@ use wasmtime_wasi::WasiView;
 use wasmtime_wasi::p2::{DynOutputStream, StreamError, StreamResult};
 use wasmtime_wasi_io::bindings::wasi::io::streams::{Host as _, StreamError as WitStreamError};
 
+use crate::host_state::OutputTap;
+
 /// The `wasi:io` release wasmtime-wasi defines. Guests built against any 0.2.x release
 /// link to it by semver, so the functions replaced here are the ones every guest reaches.
 /// [`add_to_linker`] fails if wasmtime-wasi stops defining them under this name, so an
@@ -65,7 +67,11 @@ const ALWAYS_BLOCKING: [(&str, &str, &str); 5] = [
 ];
 
 /// Links WASI into `linker`, with every waiting entry point replaced (see the module docs).
-pub(crate) fn add_to_linker<T: WasiView + 'static>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
+/// What a module writes to stdout and stderr is also shown to the store's [`OutputTap`],
+/// where the runtime finds the message of a panic std reported there.
+pub(crate) fn add_to_linker<T: WasiView + OutputTap + 'static>(
+    linker: &mut Linker<T>,
+) -> wasmtime::Result<()> {
     wasmtime_wasi::p2::add_to_linker_sync(linker)?;
     for (interface, function, name) in ALWAYS_BLOCKING {
         replace(linker, interface, function, move |instance, function| {
@@ -82,6 +88,7 @@ pub(crate) fn add_to_linker<T: WasiView + 'static>(linker: &mut Linker<T>) -> wa
             instance.func_wrap(
                 function,
                 |mut store, (stream, bytes): (Resource<DynOutputStream>, Vec<u8>)| {
+                    store.data_mut().tap(&bytes);
                     let table = store.data_mut().ctx().table;
                     let result = if bytes.len() > MAX_BLOCKING_WRITE {
                         Err(StreamError::trap(
@@ -216,6 +223,10 @@ mod tests {
     struct Host {
         ctx: WasiCtx,
         table: ResourceTable,
+    }
+
+    impl OutputTap for Host {
+        fn tap(&mut self, _: &[u8]) {}
     }
 
     impl WasiView for Host {

@@ -7,6 +7,7 @@ mod check;
 mod demo;
 mod demo_mesh;
 mod export;
+mod filter_new;
 mod mesh;
 mod node;
 mod serve;
@@ -23,7 +24,7 @@ use meshfilter_filter_runtime::{
 };
 
 use crate::builtin;
-use crate::cli::{BenchCommand, Command, FilterCommand, ModuleArgs};
+use crate::cli::{BenchCommand, Command, FilterCommand, LocalityArgs, ModuleArgs};
 
 /// Runs one command; the exit code says whether checks passed.
 pub fn run(command: Command) -> anyhow::Result<ExitCode> {
@@ -31,6 +32,7 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Filter(FilterCommand::Check(args)) => check::run(&args),
         Command::Filter(FilterCommand::Test(args)) => test::run(&args),
         Command::Filter(FilterCommand::Bench(args)) => bench::run(&args),
+        Command::Filter(FilterCommand::New(args)) => filter_new::run(&args),
         Command::Demo(args) => demo::run(&args),
         Command::Mesh(args) => mesh::run(&args),
         Command::Export(args) => export::run(&args),
@@ -81,6 +83,11 @@ pub fn read_module(name: &str) -> anyhow::Result<(String, Vec<u8>)> {
 
 /// The locality given by `--cluster/--zone/--region`.
 pub fn locality(args: &ModuleArgs) -> Locality {
+    locality_of(&args.local)
+}
+
+/// The locality `--cluster/--zone/--region` give.
+pub fn locality_of(args: &LocalityArgs) -> Locality {
     Locality {
         cluster: args.cluster.clone(),
         zone: args.zone.clone(),
@@ -96,8 +103,19 @@ pub fn load_single(
     local: Locality,
     memoize: bool,
 ) -> anyhow::Result<Arc<FilterRuntime>> {
-    let (file, bytes) = read_module(&args.module)?;
-    let mut manifest = FilterManifest::single(&file, parse_config(args.config.as_deref())?);
+    load_module(engine, &args.module, args.config.as_deref(), local, memoize)
+}
+
+/// [`load_single`] for a module name (file or `builtin:<name>`) and `--config` text.
+pub fn load_module(
+    engine: &Arc<FilterEngine>,
+    module: &str,
+    config: Option<&str>,
+    local: Locality,
+    memoize: bool,
+) -> anyhow::Result<Arc<FilterRuntime>> {
+    let (file, bytes) = read_module(module)?;
+    let mut manifest = FilterManifest::single(&file, parse_config(config)?);
     for hook in [
         &mut manifest.export,
         &mut manifest.import,
