@@ -1,6 +1,7 @@
 //! The data of every store: [`StoreState`] (the host side of the filter interface, WASI,
-//! limits, the read log) and what the runtime keeps beside it for one call: the panic
-//! message a trapping module left behind.
+//! limits, the read log) and what the runtime keeps beside it for one call: the endpoint,
+//! for the methods interface 0.2 adds (`StoreState` serves 0.1), and the panic message a
+//! trapping module left behind.
 //!
 //! A Rust module that panics says why before it traps, in one of two ways: a module built
 //! with the guest SDK logs `panic: <message>` at level error through the host's `log`
@@ -16,6 +17,7 @@ use wasmtime::component::Resource;
 use wasmtime_wasi::{WasiCtxView, WasiView};
 
 use crate::input::{EndpointHandle, EndpointInput, MissHandle, MissInput};
+use crate::memo::ReadLog;
 use crate::store::StoreState;
 use crate::truncate::{MAX_ERROR_BYTES, truncate};
 
@@ -27,8 +29,10 @@ const STD_PANIC_MARKER: &str = "panicked at ";
 
 /// Everything a store holds.
 pub(crate) struct HostState {
-    /// The host side of the filter interface.
+    /// The host side of the filter interface (its 0.1 line).
     pub(crate) store: StoreState,
+    /// The current call's endpoint, for what interface 0.2 adds.
+    endpoint: Option<Arc<EndpointInput>>,
     /// The panic message of this call, from the SDK's panic hook.
     panic: Option<String>,
     /// The last bytes the module wrote to stdout or stderr in this call, at most
@@ -40,6 +44,7 @@ impl HostState {
     pub(crate) fn new(store: StoreState) -> HostState {
         HostState {
             store,
+            endpoint: None,
             panic: None,
             output_tail: Vec::new(),
         }
@@ -56,6 +61,7 @@ impl HostState {
         &mut self,
         input: Arc<EndpointInput>,
     ) -> wasmtime::Result<Resource<EndpointHandle>> {
+        self.endpoint = Some(input.clone());
         self.store.set_endpoint(input)
     }
 
@@ -69,7 +75,20 @@ impl HostState {
 
     /// Forgets the call's input so the store holds no reference to it while idle.
     pub(crate) fn clear_inputs(&mut self) {
+        self.endpoint = None;
         self.store.clear_inputs();
+    }
+
+    /// The current call's endpoint and the read log, borrowed together.
+    pub(crate) fn endpoint_and_reads(&mut self) -> (&EndpointInput, &mut ReadLog) {
+        // The guest can only hold a borrow of the handle, valid during the call, and the
+        // host sets the input before every call.
+        (
+            self.endpoint
+                .as_deref()
+                .expect("an endpoint is set during the call"),
+            &mut self.store.reads,
+        )
     }
 
     /// A line the module logged through the host: an SDK panic message is kept for the

@@ -7,8 +7,8 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use wasmtime::Store;
 
-use crate::bindings::Filter;
-use crate::bindings::meshfilter::filter::types as wit;
+use crate::bindings::FilterBindings;
+use crate::bindings::current as wit;
 use crate::decision::{ExportDecision, Hook, ImportDecision, MissDecision, SyncScope};
 use crate::engine::FilterEngine;
 use crate::error::{CallFailure, LoadError};
@@ -25,7 +25,7 @@ use crate::wasi::BlockingCall;
 /// A live instance: a store and the bindings into it.
 pub(crate) struct Warm {
     store: Store<HostState>,
-    bindings: Filter,
+    bindings: FilterBindings,
 }
 
 /// Largest number of decision paths remembered per instance and hook.
@@ -97,10 +97,7 @@ impl HookCall for ExportCall {
         input: &Arc<EndpointInput>,
     ) -> wasmtime::Result<Option<ExportDecision>> {
         let handle = warm.store.data_mut().set_endpoint(input.clone())?;
-        let result = warm
-            .bindings
-            .meshfilter_filter_hooks()
-            .call_on_export(&mut warm.store, handle);
+        let result = warm.bindings.on_export(&mut warm.store, handle);
         warm.store.data_mut().clear_inputs();
         Ok(match result? {
             wit::ExportDecision::Abstain => None,
@@ -128,10 +125,7 @@ impl HookCall for ImportCall {
         input: &Arc<EndpointInput>,
     ) -> wasmtime::Result<Option<ImportDecision>> {
         let handle = warm.store.data_mut().set_endpoint(input.clone())?;
-        let result = warm
-            .bindings
-            .meshfilter_filter_hooks()
-            .call_on_import(&mut warm.store, handle);
+        let result = warm.bindings.on_import(&mut warm.store, handle);
         warm.store.data_mut().clear_inputs();
         Ok(match result? {
             wit::ImportDecision::Abstain => None,
@@ -158,10 +152,7 @@ impl HookCall for MissCall {
         input: &Arc<MissInput>,
     ) -> wasmtime::Result<Option<MissDecision>> {
         let handle = warm.store.data_mut().set_miss(input.clone())?;
-        let result = warm
-            .bindings
-            .meshfilter_filter_hooks()
-            .call_on_miss(&mut warm.store, handle);
+        let result = warm.bindings.on_miss(&mut warm.store, handle);
         warm.store.data_mut().clear_inputs();
         Ok(match result? {
             wit::MissDecision::Abstain => None,
@@ -238,10 +229,7 @@ impl FilterInstance {
         warm.store
             .set_epoch_deadline(instance.engine.ticks(instance.engine.config.setup_timeout));
         warm.store.data_mut().start_call();
-        let self_test = warm
-            .bindings
-            .meshfilter_filter_hooks()
-            .call_self_test(&mut warm.store);
+        let self_test = warm.bindings.self_test(&mut warm.store);
         match self_test {
             Ok(Ok(())) => {}
             Ok(Err(message)) => {
@@ -300,10 +288,7 @@ impl FilterInstance {
             .pre
             .instantiate(&mut store)
             .map_err(SetupError::Failed)?;
-        match bindings
-            .meshfilter_filter_hooks()
-            .call_configure(&mut store, &self.config_json)
-        {
+        match bindings.configure(&mut store, &self.config_json) {
             Ok(Ok(())) => Ok(Warm { store, bindings }),
             Ok(Err(message)) => Err(SetupError::Rejected(message)),
             Err(e) => {

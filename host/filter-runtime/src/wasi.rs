@@ -80,32 +80,30 @@ pub(crate) fn add_to_linker<T: WasiView + OutputTap + 'static>(
             })
         })?;
     }
-    replace(
+    replace_write(
         linker,
-        "streams",
         "[method]output-stream.blocking-write-and-flush",
-        |instance, function| {
-            instance.func_wrap(
-                function,
-                |mut store, (stream, bytes): (Resource<DynOutputStream>, Vec<u8>)| {
-                    store.data_mut().tap(&bytes);
-                    let table = store.data_mut().ctx().table;
-                    let result = if bytes.len() > MAX_BLOCKING_WRITE {
-                        Err(StreamError::trap(
-                            "buffer too large for blocking-write-and-flush (at most 4096 bytes)",
-                        ))
-                    } else {
-                        write_and_flush_now(
-                            table,
-                            &stream,
-                            Bytes::from(bytes),
-                            "wasi:io/streams.[method]output-stream.blocking-write-and-flush",
-                        )
-                    };
-                    to_wit(table, result)
-                },
-            )
+        |table, stream, bytes| {
+            if bytes.len() > MAX_BLOCKING_WRITE {
+                Err(StreamError::trap(
+                    "buffer too large for blocking-write-and-flush (at most 4096 bytes)",
+                ))
+            } else {
+                write_and_flush_now(
+                    table,
+                    stream,
+                    Bytes::from(bytes),
+                    "wasi:io/streams.[method]output-stream.blocking-write-and-flush",
+                )
+            }
         },
+    )?;
+    // The non-blocking write (after `check-write`), which the wasip1 adapter's stdio uses:
+    // unchanged, but shown to the tap like the blocking one.
+    replace_write(
+        linker,
+        "[method]output-stream.write",
+        |table, stream, bytes| table.get_mut(stream)?.write(Bytes::from(bytes)),
     )?;
     replace(
         linker,
@@ -153,6 +151,26 @@ pub(crate) fn add_to_linker<T: WasiView + OutputTap + 'static>(
         },
     )?;
     Ok(())
+}
+
+/// Redefines the `wasi:io/streams` write `function` as `write`, with the bytes shown to
+/// the store's [`OutputTap`] first.
+fn replace_write<T: WasiView + OutputTap + 'static>(
+    linker: &mut Linker<T>,
+    function: &str,
+    write: fn(&mut ResourceTable, &Resource<DynOutputStream>, Vec<u8>) -> StreamResult<()>,
+) -> wasmtime::Result<()> {
+    replace(linker, "streams", function, move |instance, function| {
+        instance.func_wrap(
+            function,
+            move |mut store, (stream, bytes): (Resource<DynOutputStream>, Vec<u8>)| {
+                store.data_mut().tap(&bytes);
+                let table = store.data_mut().ctx().table;
+                let result = write(table, &stream, bytes);
+                to_wit(table, result)
+            },
+        )
+    })
 }
 
 /// Redefines `function` of `wasi:io/<interface>` with `define`, after checking that

@@ -27,7 +27,7 @@ fn filter_check_validates_a_shipped_module() {
     assert!(ok, "{stdout}{stderr}");
     assert!(stdout.contains("filter     cfp-scope"), "{stdout}");
     assert!(
-        stdout.contains("interface  meshfilter:filter@0.1.0"),
+        stdout.contains("interface  meshfilter:filter@0.2.0"),
         "{stdout}"
     );
 }

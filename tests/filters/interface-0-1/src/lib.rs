@@ -68,5 +68,6 @@ mod guest {
     /// format (a length that does not match the text fails to compile).
     #[unsafe(link_section = "meshfilter-metadata")]
     #[used]
-    static METADATA: [u8; 63] = *b"name=interface-0-1\nsdk=0.1.0\ninterface=meshfilter:filter@0.1.0\n";
+    static METADATA: [u8; 63] =
+        *b"name=interface-0-1\nsdk=0.1.0\ninterface=meshfilter:filter@0.1.0\n";
 }
