@@ -6,6 +6,7 @@ fn main() {
         "namespace-allowlist",
         "region-pairs",
         "misbehave",
+        "interface-0-1",
     ]) {
         Ok(dir) => println!("cargo:rustc-env=MESHFILTER_TEST_MODULES={}", dir.display()),
         Err(e) => {

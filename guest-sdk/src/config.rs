@@ -31,24 +31,77 @@ impl Config {
     /// `invalid config at teams[0].scope: ...`, ready to return from
     /// [`Filter::configure`](crate::Filter::configure). Add
     /// `#[serde(deny_unknown_fields)]` to `T` so that a misspelt field is an error rather
-    /// than silently ignored.
+    /// than silently ignored. For a config with fields that must be given, use
+    /// [`Config::parse_required`].
     pub fn parse<T: DeserializeOwned + Default>(&self) -> Result<T, String> {
         if self.is_null() {
             return Ok(T::default());
         }
-        let mut json = serde_json::Deserializer::from_str(&self.json);
-        let value = serde_path_to_error::deserialize(&mut json).map_err(|err| {
+        self.deserialize(&self.json)
+    }
+
+    /// Deserialises a configuration that has required fields: `T` needs no `Default`, a
+    /// missing configuration is read as `{}`, and a field that is missing (at any depth)
+    /// is reported by its path.
+    ///
+    /// ```
+    /// use meshfilter_guest_sdk::Config;
+    /// use serde::Deserialize;
+    ///
+    /// #[derive(Debug, Deserialize)]
+    /// #[serde(deny_unknown_fields)]
+    /// struct Settings {
+    ///     region: String,
+    ///     #[serde(default)]
+    ///     ttl_ms: u32,
+    /// }
+    ///
+    /// let settings: Settings = Config::new(r#"{"region": "eu-west-1"}"#).parse_required()?;
+    /// assert_eq!(settings.region, "eu-west-1");
+    /// assert_eq!(
+    ///     Config::new("null").parse_required::<Settings>().unwrap_err(),
+    ///     "invalid config: missing required field `region`"
+    /// );
+    /// # Ok::<(), String>(())
+    /// ```
+    pub fn parse_required<T: DeserializeOwned>(&self) -> Result<T, String> {
+        if self.is_null() {
+            return self.deserialize("{}");
+        }
+        self.deserialize(&self.json)
+    }
+
+    /// Deserialises `json` as `T`, naming the offending field in the error.
+    fn deserialize<T: DeserializeOwned>(&self, json: &str) -> Result<T, String> {
+        let mut de = serde_json::Deserializer::from_str(json);
+        let value = serde_path_to_error::deserialize(&mut de).map_err(|err| {
             let path = err.path().to_string();
-            let inner = err.into_inner();
+            let inner = err.into_inner().to_string();
+            // serde reports a missing field at its parent; name the field itself.
+            if let Some(field) = missing_field(&inner) {
+                let full = if path == "." {
+                    field.to_string()
+                } else {
+                    format!("{path}.{field}")
+                };
+                return format!("invalid config: missing required field `{full}`");
+            }
             if path == "." {
                 format!("invalid config: {inner}")
             } else {
                 format!("invalid config at {path}: {inner}")
             }
         })?;
-        json.end().map_err(|err| format!("invalid config: {err}"))?;
+        de.end().map_err(|err| format!("invalid config: {err}"))?;
         Ok(value)
     }
+}
+
+/// The field of serde's `missing field `x`` message (followed by a position in
+/// serde_json's errors).
+fn missing_field(message: &str) -> Option<&str> {
+    let rest = message.strip_prefix("missing field `")?;
+    Some(&rest[..rest.find('`')?])
 }
 
 impl Default for Config {
@@ -101,6 +154,46 @@ mod tests {
                 ttl_ms: 5,
                 teams: vec![Team { name: "a".into() }]
             }
+        );
+    }
+
+    #[derive(Debug, Deserialize, PartialEq)]
+    #[serde(rename_all = "camelCase", deny_unknown_fields)]
+    struct Required {
+        region: String,
+        #[serde(default)]
+        teams: Vec<Team>,
+    }
+
+    #[test]
+    fn required_fields_are_named_when_missing() {
+        let cases = [
+            ("null", "invalid config: missing required field `region`"),
+            ("{}", "invalid config: missing required field `region`"),
+            (
+                r#"{"region": "r", "teams": [{"name": "a"}, {}]}"#,
+                "invalid config: missing required field `teams[1].name`",
+            ),
+        ];
+        for (text, want) in cases {
+            assert_eq!(
+                Config::new(text).parse_required::<Required>().unwrap_err(),
+                want,
+                "{text}"
+            );
+        }
+        assert_eq!(
+            Config::new(r#"{"region": "r"}"#).parse_required::<Required>(),
+            Ok(Required {
+                region: "r".into(),
+                teams: vec![]
+            })
+        );
+        assert!(
+            Config::new(r#"{"region": "r", "zone": "z"}"#)
+                .parse_required::<Required>()
+                .unwrap_err()
+                .starts_with("invalid config at zone: unknown field `zone`")
         );
     }
 

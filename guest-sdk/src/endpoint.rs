@@ -81,6 +81,13 @@ impl Endpoint {
         self.inner.annotation(key)
     }
 
+    /// All pod annotations, sorted by key (export side only; empty on import). Makes every
+    /// annotation part of the memo key: use [`Endpoint::annotation`] when the key is
+    /// known, this when it is not (all keys with a prefix, say). Interface 0.2.
+    pub fn annotations(&self) -> Vec<(String, String)> {
+        self.inner.annotations()
+    }
+
     /// Value of one annotation of the pod's namespace (export side only).
     pub fn namespace_annotation(&self, key: &str) -> Option<String> {
         self.inner.namespace_annotation(key)

@@ -120,10 +120,12 @@
 mod config;
 mod decision;
 mod endpoint;
+mod glob;
 mod locality;
 mod log;
 mod miss;
 mod selector;
+mod topology;
 
 #[cfg(not(target_arch = "wasm32"))]
 mod native;
@@ -137,6 +139,7 @@ pub use decision::{ExportDecision, ImportDecision, MissDecision};
 pub use endpoint::Endpoint;
 #[cfg(not(target_arch = "wasm32"))]
 pub use endpoint::EndpointBuilder;
+pub use glob::{Glob, GlobError, NamespaceSet};
 pub use locality::{Candidate, Locality, local};
 pub use log::Level;
 pub use meshfilter_contract::labels;
@@ -148,6 +151,7 @@ pub use miss::MissRequest;
 #[cfg(not(target_arch = "wasm32"))]
 pub use miss::MissRequestBuilder;
 pub use selector::{LabelSelector, SelectorError};
+pub use topology::{Region, TopologyKind, TopologyNameError, Zone};
 
 /// Version of this SDK, recorded in every module's `meshfilter-metadata` custom section.
 pub const SDK_VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -129,6 +129,15 @@ impl EndpointData {
         )
     }
 
+    pub(crate) fn annotations(&self) -> Vec<(String, String)> {
+        let all = self
+            .annotations
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        self.reads.record("annotations()", all)
+    }
+
     pub(crate) fn namespace_annotation(&self, key: &str) -> Option<String> {
         self.reads.record(
             format!("namespace_annotation({key})"),

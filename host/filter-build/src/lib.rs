@@ -48,15 +48,7 @@ pub fn build_filters(packages: &[&str]) -> Result<PathBuf, String> {
         cmd.args(["-p", p]);
     }
     // The outer build's settings are for the host target; none of them apply here.
-    for (key, _) in std::env::vars_os() {
-        let key = key.to_string_lossy();
-        if key.starts_with("CARGO_") && key != "CARGO_HOME"
-            || key == "RUSTFLAGS"
-            || key.starts_with("RUSTC_")
-        {
-            cmd.env_remove(&*key);
-        }
-    }
+    clear_outer_cargo_env(&mut cmd);
     let output = cmd
         .output()
         .map_err(|e| format!("cannot run {}: {e}", Path::new(&cargo).display()))?;
@@ -85,6 +77,20 @@ pub fn build_filters(packages: &[&str]) -> Result<PathBuf, String> {
             .map_err(|e| format!("copying {} to {}: {e}", built.display(), to.display()))?;
     }
     Ok(dest)
+}
+
+/// Removes from `cmd` the settings an outer cargo (a build script's, or `cargo test`'s)
+/// passes down for its own build, so a nested cargo builds as if started by hand.
+pub fn clear_outer_cargo_env(cmd: &mut Command) {
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy();
+        if key.starts_with("CARGO_") && key != "CARGO_HOME"
+            || key == "RUSTFLAGS"
+            || key.starts_with("RUSTC_")
+        {
+            cmd.env_remove(&*key);
+        }
+    }
 }
 
 fn find_workspace(start: &Path) -> Result<PathBuf, String> {

@@ -10,13 +10,12 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, OptLevel, PoolingAllocationConfig};
 
-use crate::bindings::Filter;
 use crate::error::LoadError;
+use crate::host_state::HostState;
 use crate::memory::MemoryBudget;
-use crate::store::StoreState;
 
 /// Engine-wide limits and knobs.
 #[derive(Debug, Clone)]
@@ -99,7 +98,7 @@ impl Drop for EpochTicker {
 /// The engine, linker and caches. One per process.
 pub struct FilterEngine {
     pub(crate) engine: Engine,
-    pub(crate) linker: Linker<StoreState>,
+    pub(crate) linker: Linker<HostState>,
     pub(crate) config: EngineConfig,
     pub(crate) memory_budget: Arc<MemoryBudget>,
     compiled: Mutex<HashMap<[u8; 32], Component>>,
@@ -136,7 +135,7 @@ impl FilterEngine {
         let mut linker = Linker::new(&engine);
         crate::wasi::add_to_linker(&mut linker)
             .map_err(|e| LoadError::Setup(format!("linking WASI: {e:#}")))?;
-        Filter::add_to_linker::<_, HasSelf<StoreState>>(&mut linker, |s| s)
+        crate::bindings::add_to_linker(&mut linker)
             .map_err(|e| LoadError::Setup(format!("linking the filter interface: {e:#}")))?;
         let ticker = EpochTicker::start(engine.clone(), config.epoch_tick)?;
         if let Some(dir) = &config.disk_cache {

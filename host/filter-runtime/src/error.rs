@@ -73,7 +73,7 @@ pub enum LoadError {
         name: String,
         /// `package@version` the module was built for.
         found: String,
-        /// `package@version` this host speaks.
+        /// The `package@version`s this host speaks: the current line and the previous one.
         expected: String,
     },
     /// Compilation or linking failed.

@@ -3,8 +3,10 @@
 
 use std::collections::BTreeMap;
 
-/// Where a cluster or node is.
+/// Where a cluster or node is. Deserialising refuses unknown fields, so a misspelt key
+/// in a cases file or sample is an error instead of an empty field.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Locality {
     /// Cluster name.
     pub cluster: String,
@@ -38,9 +40,10 @@ impl Locality {
 
 /// One endpoint as a filter sees it. The export side fills pod labels, annotations and
 /// namespace annotations; the import side fills labels from the security identity and the
-/// `SyncScope` recorded at the source.
+/// `SyncScope` recorded at the source. Deserialising refuses unknown fields (`annotation:`
+/// for `annotations:` is an error, not an endpoint without annotations).
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct EndpointInput {
     /// Kubernetes namespace.
     pub namespace: String,
@@ -83,7 +86,7 @@ impl EndpointInput {
 
 /// A remote cluster that may own a missed address.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CandidateCluster {
     /// The cluster and where it is.
     pub locality: Locality,
@@ -92,9 +95,10 @@ pub struct CandidateCluster {
     pub owns_prefix: bool,
 }
 
-/// A datapath ipcache miss, as the miss hook sees it.
+/// A datapath ipcache miss, as the miss hook sees it. Deserialising refuses unknown
+/// fields.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct MissInput {
     /// The missed address.
     pub address: String,

@@ -7,11 +7,12 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use wasmtime::Store;
 
-use crate::bindings::Filter;
-use crate::bindings::meshfilter::filter::types as wit;
+use crate::bindings::FilterBindings;
+use crate::bindings::current as wit;
 use crate::decision::{ExportDecision, Hook, ImportDecision, MissDecision, SyncScope};
 use crate::engine::FilterEngine;
 use crate::error::{CallFailure, LoadError};
+use crate::host_state::HostState;
 use crate::input::{EndpointInput, Locality, MissInput};
 use crate::memo::{Insert, Memo, Readable};
 use crate::memory::MemoryRefused;
@@ -23,8 +24,8 @@ use crate::wasi::BlockingCall;
 
 /// A live instance: a store and the bindings into it.
 pub(crate) struct Warm {
-    store: Store<StoreState>,
-    bindings: Filter,
+    store: Store<HostState>,
+    bindings: FilterBindings,
 }
 
 /// Largest number of decision paths remembered per instance and hook.
@@ -96,10 +97,7 @@ impl HookCall for ExportCall {
         input: &Arc<EndpointInput>,
     ) -> wasmtime::Result<Option<ExportDecision>> {
         let handle = warm.store.data_mut().set_endpoint(input.clone())?;
-        let result = warm
-            .bindings
-            .meshfilter_filter_hooks()
-            .call_on_export(&mut warm.store, handle);
+        let result = warm.bindings.on_export(&mut warm.store, handle);
         warm.store.data_mut().clear_inputs();
         Ok(match result? {
             wit::ExportDecision::Abstain => None,
@@ -127,10 +125,7 @@ impl HookCall for ImportCall {
         input: &Arc<EndpointInput>,
     ) -> wasmtime::Result<Option<ImportDecision>> {
         let handle = warm.store.data_mut().set_endpoint(input.clone())?;
-        let result = warm
-            .bindings
-            .meshfilter_filter_hooks()
-            .call_on_import(&mut warm.store, handle);
+        let result = warm.bindings.on_import(&mut warm.store, handle);
         warm.store.data_mut().clear_inputs();
         Ok(match result? {
             wit::ImportDecision::Abstain => None,
@@ -157,10 +152,7 @@ impl HookCall for MissCall {
         input: &Arc<MissInput>,
     ) -> wasmtime::Result<Option<MissDecision>> {
         let handle = warm.store.data_mut().set_miss(input.clone())?;
-        let result = warm
-            .bindings
-            .meshfilter_filter_hooks()
-            .call_on_miss(&mut warm.store, handle);
+        let result = warm.bindings.on_miss(&mut warm.store, handle);
         warm.store.data_mut().clear_inputs();
         Ok(match result? {
             wit::MissDecision::Abstain => None,
@@ -236,10 +228,8 @@ impl FilterInstance {
         })?;
         warm.store
             .set_epoch_deadline(instance.engine.ticks(instance.engine.config.setup_timeout));
-        let self_test = warm
-            .bindings
-            .meshfilter_filter_hooks()
-            .call_self_test(&mut warm.store);
+        warm.store.data_mut().start_call();
+        let self_test = warm.bindings.self_test(&mut warm.store);
         match self_test {
             Ok(Ok(())) => {}
             Ok(Err(message)) => {
@@ -249,9 +239,10 @@ impl FilterInstance {
                 });
             }
             Err(e) => {
+                let panic = warm.store.data().panic_message();
                 return Err(LoadError::SelfTest {
                     module: instance.file().to_string(),
-                    message: instance.error_text(&format!("{e:#}")),
+                    message: instance.error_text(&with_panic(panic.as_deref(), &e)),
                 });
             }
         }
@@ -282,14 +273,14 @@ impl FilterInstance {
             memory_bytes: self.engine.config.memory_bytes,
             log_lines_per_second: self.engine.config.log_lines_per_second,
         };
-        let state = StoreState::new(
+        let state = HostState::new(StoreState::new(
             &limits,
             self.engine.memory_budget.clone(),
             self.local.clone(),
             self.log.clone(),
-        );
+        ));
         let mut store = Store::new(&self.engine.engine, state);
-        store.limiter(|s| &mut s.limits);
+        store.limiter(|s| &mut s.store.limits);
         store.epoch_deadline_trap();
         store.set_epoch_deadline(self.engine.ticks(self.engine.config.setup_timeout));
         let bindings = self
@@ -297,13 +288,16 @@ impl FilterInstance {
             .pre
             .instantiate(&mut store)
             .map_err(SetupError::Failed)?;
-        match bindings
-            .meshfilter_filter_hooks()
-            .call_configure(&mut store, &self.config_json)
-        {
+        match bindings.configure(&mut store, &self.config_json) {
             Ok(Ok(())) => Ok(Warm { store, bindings }),
             Ok(Err(message)) => Err(SetupError::Rejected(message)),
-            Err(e) => Err(SetupError::Failed(e.context("configure trapped"))),
+            Err(e) => {
+                let context = match store.data().panic_message() {
+                    Some(panic) => format!("configure trapped: {panic}"),
+                    None => "configure trapped".to_string(),
+                };
+                Err(SetupError::Failed(e.context(context)))
+            }
         }
     }
 
@@ -331,13 +325,14 @@ impl FilterInstance {
         };
         self.counters[H::HOOK as usize].0.inc();
         self.guest_calls[H::HOOK as usize].fetch_add(1, Ordering::Relaxed);
-        warm.store.data_mut().reads.start(memoize);
+        warm.store.data_mut().start_call();
+        warm.store.data_mut().store.reads.start(memoize);
         warm.store
             .set_epoch_deadline(self.engine.ticks(self.engine.config.call_timeout));
         match H::invoke(self, &mut warm, input) {
             Ok(decision) => {
                 if memoize
-                    && H::memo(self).insert(&warm.store.data().reads, decision.clone())
+                    && H::memo(self).insert(&warm.store.data().store.reads, decision.clone())
                         == Insert::Conflict
                 {
                     self.memo_broken.store(true, Ordering::Relaxed);
@@ -354,10 +349,11 @@ impl FilterInstance {
                 })
             }
             Err(e) => {
-                // The store may be in any state after a trap: drop it; the next call gets a
-                // fresh instance.
+                // The store may be in any state after a trap: drop it (after reading the
+                // panic message the module left); the next call gets a fresh instance.
+                let panic = warm.store.data().panic_message();
                 drop(warm);
-                Err(self.failed::<H>(self.classify(e)))
+                Err(self.failed::<H>(self.classify(e, panic)))
             }
         }
     }
@@ -374,7 +370,7 @@ impl FilterInstance {
     fn setup_failure(&self, e: SetupError) -> CallFailure {
         let message = match e {
             SetupError::Failed(e) if e.is::<MemoryRefused>() || e.is::<BlockingCall>() => {
-                return self.classify(e);
+                return self.classify(e, None);
             }
             SetupError::Failed(e) => format!("{e:#}"),
             SetupError::Rejected(m) => format!("configure rejected the config: {m}"),
@@ -385,8 +381,9 @@ impl FilterInstance {
         }
     }
 
-    /// What a failed call was, by the type of its error; messages are bounded.
-    fn classify(&self, e: wasmtime::Error) -> CallFailure {
+    /// What a failed call was, by the type of its error, with the panic message the
+    /// module left (if any) before the trap; messages are bounded.
+    fn classify(&self, e: wasmtime::Error, panic: Option<String>) -> CallFailure {
         let module = self.file().to_string();
         if let Some(wasmtime::Trap::Interrupt) = e.downcast_ref::<wasmtime::Trap>() {
             return CallFailure::Timeout {
@@ -408,7 +405,7 @@ impl FilterInstance {
         }
         CallFailure::Trap {
             module,
-            message: self.error_text(&format!("{e:#}")),
+            message: self.error_text(&with_panic(panic.as_deref(), &e)),
         }
     }
 
@@ -422,6 +419,15 @@ impl FilterInstance {
     /// [`MAX_ERROR_BYTES`](crate::MAX_ERROR_BYTES), a cut counted.
     pub(crate) fn error_text(&self, message: &str) -> String {
         bound(message, TextKind::Error, self.file(), &self.metrics).into_owned()
+    }
+}
+
+/// A trap as the host reports it: the module's panic message first, when it left one,
+/// then wasmtime's account of the trap.
+fn with_panic(panic: Option<&str>, e: &wasmtime::Error) -> String {
+    match panic {
+        Some(panic) => format!("{panic}; {e:#}"),
+        None => format!("{e:#}"),
     }
 }
 

@@ -35,6 +35,8 @@ pub(crate) enum ReadOp {
     Label(Box<str>),
     Labels,
     Annotation(Box<str>),
+    /// All pod annotations (interface 0.2).
+    Annotations,
     NamespaceAnnotation(Box<str>),
     SyncScope,
     Origin,
@@ -152,6 +154,7 @@ impl Readable for EndpointInput {
             ReadOp::Annotation(k) => {
                 encode::opt_str(out, self.annotations.get(&**k).map(String::as_str))
             }
+            ReadOp::Annotations => encode::pairs(out, self.annotations.iter()),
             ReadOp::NamespaceAnnotation(k) => encode::opt_str(
                 out,
                 self.namespace_annotations.get(&**k).map(String::as_str),

@@ -8,7 +8,6 @@ use wasmparser::{Parser, Payload};
 use crate::bindings::FilterPre;
 use crate::engine::{FilterEngine, sha2_digest};
 use crate::error::LoadError;
-use crate::store::StoreState;
 
 /// What is known about a loaded module.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -33,7 +32,7 @@ pub struct LoadedModule {
     /// Metadata and identity.
     pub info: ModuleInfo,
     pub(crate) digest: [u8; 32],
-    pub(crate) pre: FilterPre<StoreState>,
+    pub(crate) pre: FilterPre,
 }
 
 impl std::fmt::Debug for LoadedModule {
@@ -76,16 +75,24 @@ impl LoadedModule {
             module: file.to_string(),
             reason: e.to_string(),
         })?;
-        if meta.interface_package != interface::PACKAGE
-            || !interface::is_compatible(interface::VERSION, meta.interface_version)
-        {
+        // The host serves the current line and the previous one; the version the module
+        // was built for picks the bindings.
+        let served = (meta.interface_package == interface::PACKAGE)
+            .then(|| interface::served_version(meta.interface_version))
+            .flatten();
+        let Some(served) = served else {
             return Err(LoadError::Interface {
                 module: file.to_string(),
                 name: meta.name.to_string(),
                 found: format!("{}@{}", meta.interface_package, meta.interface_version),
-                expected: format!("{}@{}", interface::PACKAGE, interface::VERSION),
+                expected: format!(
+                    "{}@{} and @{}",
+                    interface::PACKAGE,
+                    interface::VERSION,
+                    interface::PREVIOUS_VERSION
+                ),
             });
-        }
+        };
         let component = engine.compile(file, &digest, bytes)?;
         let link_err = |step: &'static str| {
             move |e: wasmtime::Error| LoadError::Link {
@@ -98,7 +105,7 @@ impl LoadedModule {
             .linker
             .instantiate_pre(&component)
             .map_err(link_err("link"))?;
-        let pre = FilterPre::new(pre).map_err(link_err("link"))?;
+        let pre = FilterPre::new(served, pre).map_err(link_err("link"))?;
         Ok(Arc::new(LoadedModule {
             info: ModuleInfo {
                 file: file.to_string(),

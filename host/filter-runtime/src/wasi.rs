@@ -20,6 +20,8 @@ use wasmtime_wasi::WasiView;
 use wasmtime_wasi::p2::{DynOutputStream, StreamError, StreamResult};
 use wasmtime_wasi_io::bindings::wasi::io::streams::{Host as _, StreamError as WitStreamError};
 
+use crate::host_state::OutputTap;
+
 /// The `wasi:io` release wasmtime-wasi defines. Guests built against any 0.2.x release
 /// link to it by semver, so the functions replaced here are the ones every guest reaches.
 /// [`add_to_linker`] fails if wasmtime-wasi stops defining them under this name, so an
@@ -65,7 +67,11 @@ const ALWAYS_BLOCKING: [(&str, &str, &str); 5] = [
 ];
 
 /// Links WASI into `linker`, with every waiting entry point replaced (see the module docs).
-pub(crate) fn add_to_linker<T: WasiView + 'static>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
+/// What a module writes to stdout and stderr is also shown to the store's [`OutputTap`],
+/// where the runtime finds the message of a panic std reported there.
+pub(crate) fn add_to_linker<T: WasiView + OutputTap + 'static>(
+    linker: &mut Linker<T>,
+) -> wasmtime::Result<()> {
     wasmtime_wasi::p2::add_to_linker_sync(linker)?;
     for (interface, function, name) in ALWAYS_BLOCKING {
         replace(linker, interface, function, move |instance, function| {
@@ -74,31 +80,30 @@ pub(crate) fn add_to_linker<T: WasiView + 'static>(linker: &mut Linker<T>) -> wa
             })
         })?;
     }
-    replace(
+    replace_write(
         linker,
-        "streams",
         "[method]output-stream.blocking-write-and-flush",
-        |instance, function| {
-            instance.func_wrap(
-                function,
-                |mut store, (stream, bytes): (Resource<DynOutputStream>, Vec<u8>)| {
-                    let table = store.data_mut().ctx().table;
-                    let result = if bytes.len() > MAX_BLOCKING_WRITE {
-                        Err(StreamError::trap(
-                            "buffer too large for blocking-write-and-flush (at most 4096 bytes)",
-                        ))
-                    } else {
-                        write_and_flush_now(
-                            table,
-                            &stream,
-                            Bytes::from(bytes),
-                            "wasi:io/streams.[method]output-stream.blocking-write-and-flush",
-                        )
-                    };
-                    to_wit(table, result)
-                },
-            )
+        |table, stream, bytes| {
+            if bytes.len() > MAX_BLOCKING_WRITE {
+                Err(StreamError::trap(
+                    "buffer too large for blocking-write-and-flush (at most 4096 bytes)",
+                ))
+            } else {
+                write_and_flush_now(
+                    table,
+                    stream,
+                    Bytes::from(bytes),
+                    "wasi:io/streams.[method]output-stream.blocking-write-and-flush",
+                )
+            }
         },
+    )?;
+    // The non-blocking write (after `check-write`), which the wasip1 adapter's stdio uses:
+    // unchanged, but shown to the tap like the blocking one.
+    replace_write(
+        linker,
+        "[method]output-stream.write",
+        |table, stream, bytes| table.get_mut(stream)?.write(Bytes::from(bytes)),
     )?;
     replace(
         linker,
@@ -146,6 +151,26 @@ pub(crate) fn add_to_linker<T: WasiView + 'static>(linker: &mut Linker<T>) -> wa
         },
     )?;
     Ok(())
+}
+
+/// Redefines the `wasi:io/streams` write `function` as `write`, with the bytes shown to
+/// the store's [`OutputTap`] first.
+fn replace_write<T: WasiView + OutputTap + 'static>(
+    linker: &mut Linker<T>,
+    function: &str,
+    write: fn(&mut ResourceTable, &Resource<DynOutputStream>, Vec<u8>) -> StreamResult<()>,
+) -> wasmtime::Result<()> {
+    replace(linker, "streams", function, move |instance, function| {
+        instance.func_wrap(
+            function,
+            move |mut store, (stream, bytes): (Resource<DynOutputStream>, Vec<u8>)| {
+                store.data_mut().tap(&bytes);
+                let table = store.data_mut().ctx().table;
+                let result = write(table, &stream, bytes);
+                to_wit(table, result)
+            },
+        )
+    })
 }
 
 /// Redefines `function` of `wasi:io/<interface>` with `define`, after checking that
@@ -216,6 +241,10 @@ mod tests {
     struct Host {
         ctx: WasiCtx,
         table: ResourceTable,
+    }
+
+    impl OutputTap for Host {
+        fn tap(&mut self, _: &[u8]) {}
     }
 
     impl WasiView for Host {

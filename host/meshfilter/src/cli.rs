@@ -61,8 +61,10 @@ pub enum FilterCommand {
     /// Validate a module: metadata, interface version, config, self-test and one probe
     /// call per hook.
     Check(ModuleArgs),
-    /// Run a module over endpoints from a YAML file and print a table of decisions and
-    /// reasons; cases with `expect` are checked (exit code 1 on a mismatch).
+    /// Run a module (or with `--manifest`, a filters directory's whole chain) over cases
+    /// from a YAML file and print a table of decisions and reasons; cases with `expect`
+    /// are checked, and a case whose call fails (trap, deadline, memory) fails: exit code
+    /// 1 on any failed case.
     Test(TestArgs),
     /// Measure decisions per second and latency, Wasm against native Rust, with and
     /// without memoisation.
@@ -77,6 +79,9 @@ pub enum FilterCommand {
     /// Write a filter module shipped inside this binary to a file (or every one into a
     /// directory with --all), and print its sha256 pin.
     Get(GetArgs),
+    /// Create a filter crate: the guest SDK as a dependency, a filter with all three
+    /// hooks, native tests, an example config, a cases file and a README.
+    New(NewArgs),
 }
 
 /// `filter diff`
@@ -143,6 +148,21 @@ pub struct GetArgs {
     /// Write every shipped module into this directory, as `<name>.wasm`.
     #[arg(long, value_name = "DIR")]
     pub all: Option<PathBuf>,
+}
+
+/// `filter new`
+#[derive(Debug, Args)]
+pub struct NewArgs {
+    /// Crate name (lowercase letters, digits and '-'); the module is `<name>.wasm` with
+    /// '-' as '_'.
+    pub name: String,
+    /// Directory to create the crate in (default: `./NAME`).
+    #[arg(long, value_name = "PATH")]
+    pub dir: Option<PathBuf>,
+    /// The guest SDK crate directory (default: the first `guest-sdk/` in the current
+    /// directory or above it).
+    #[arg(long, value_name = "PATH")]
+    pub sdk: Option<PathBuf>,
 }
 
 /// `meshfilter bench ...`
@@ -253,6 +273,13 @@ pub struct ModuleArgs {
     /// Config passed to the module's `configure`: JSON or YAML text, or `@file`.
     #[arg(long)]
     pub config: Option<String>,
+    #[command(flatten)]
+    pub local: LocalityArgs,
+}
+
+/// This host's locality, as a module sees it through `local()`.
+#[derive(Debug, Args)]
+pub struct LocalityArgs {
     /// This host's cluster name.
     #[arg(long, default_value = "local")]
     pub cluster: String,
@@ -267,11 +294,21 @@ pub struct ModuleArgs {
 /// `filter test`
 #[derive(Debug, Args)]
 pub struct TestArgs {
+    /// Module file, or `builtin:<name>` for a shipped filter; not with `--manifest`.
+    #[arg(required_unless_present = "manifest", conflicts_with = "manifest")]
+    pub module: Option<String>,
+    /// Config passed to the module's `configure`: JSON or YAML text, or `@file`.
+    #[arg(long, conflicts_with = "manifest")]
+    pub config: Option<String>,
+    /// Run the whole chain of a filters directory (its `filters.yaml` and the modules it
+    /// names, loaded as the roles load them) instead of one module.
+    #[arg(long, value_name = "DIR")]
+    pub manifest: Option<PathBuf>,
     #[command(flatten)]
-    pub module: ModuleArgs,
+    pub local: LocalityArgs,
     /// YAML file of cases (`local`, and `cases` with `hook`, `endpoint` or `request`,
-    /// optional `name` and `expect`).
-    #[arg(long)]
+    /// optional `name` and `expect`; the SDK guide documents every key).
+    #[arg(long, visible_alias = "cases")]
     pub endpoints: PathBuf,
     /// Print the table as JSON lines instead.
     #[arg(long)]

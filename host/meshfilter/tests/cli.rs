@@ -27,7 +27,7 @@ fn filter_check_validates_a_shipped_module() {
     assert!(ok, "{stdout}{stderr}");
     assert!(stdout.contains("filter     cfp-scope"), "{stdout}");
     assert!(
-        stdout.contains("interface  meshfilter:filter@0.1.0"),
+        stdout.contains("interface  meshfilter:filter@0.2.0"),
         "{stdout}"
     );
 }
@@ -92,6 +92,176 @@ fn filter_test_fails_on_an_unmet_expectation() {
     ]);
     assert!(!ok, "{stdout}");
     assert!(stdout.contains("0 passed, 1 failed"), "{stdout}");
+}
+
+/// A module built for the tests (`misbehave`) or shipped, as a file.
+fn test_module(name: &str) -> String {
+    format!("{}/{name}.wasm", env!("MESHFILTER_TEST_MODULES"))
+}
+
+/// Whether a line of `stdout` holds every one of `parts`.
+fn has_row(stdout: &str, parts: &[&str]) -> bool {
+    stdout.lines().any(|l| parts.iter().all(|p| l.contains(p)))
+}
+
+/// Writes `cases` into `dir/cases.yaml` and returns its path.
+fn cases_file(dir: &std::path::Path, cases: &str) -> String {
+    let file = dir.join("cases.yaml");
+    std::fs::write(&file, cases).unwrap();
+    file.to_str().unwrap().to_string()
+}
+
+#[test]
+fn filter_test_fails_a_panicking_module_with_its_panic_message() {
+    let dir = tempfile::tempdir().unwrap();
+    // Without the fix, the trap became keep-last-decision, then `otherwise: open`, which
+    // is exactly the `sync:global` expected here: a passing run.
+    let cases = cases_file(
+        dir.path(),
+        "cases:\n  - name: panics\n    hook: export\n    endpoint: {namespace: a, podName: b, ip: 10.0.0.1, labels: {boom: x}}\n    expect: sync:global\n\
+         \x20 - name: behaves\n    hook: export\n    endpoint: {namespace: a, podName: c, ip: 10.0.0.2}\n    expect: sync:global\n",
+    );
+    let (ok, stdout, stderr) = meshfilter(&[
+        "filter",
+        "test",
+        &test_module("misbehave"),
+        "--config",
+        "{onExport: 'trap-if-label:boom'}",
+        "--endpoints",
+        &cases,
+    ]);
+    assert!(!ok, "a panicking module fails the run: {stdout}{stderr}");
+    assert!(stdout.contains("1 passed, 1 failed"), "{stdout}");
+    let failed = stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with("failed:"))
+        .unwrap_or_else(|| panic!("no failure line: {stdout}"));
+    assert!(
+        failed.contains("misbehave.wasm trapped")
+            && failed.contains("misbehave: trap as configured")
+            && failed.contains("panicked at"),
+        "the failure carries the panic message: {failed}"
+    );
+    assert!(has_row(&stdout, &["panics", "FAILED"]), "{stdout}");
+
+    // The same in JSON, and a deadline is a failure too.
+    let (ok, stdout, _) = meshfilter(&[
+        "filter",
+        "test",
+        &test_module("misbehave"),
+        "--config",
+        "{onExport: 'loop-if-label:boom'}",
+        "--endpoints",
+        &cases,
+        "--json",
+    ]);
+    assert!(!ok, "{stdout}");
+    let first: serde_json::Value = serde_json::from_str(stdout.lines().next().unwrap()).unwrap();
+    assert_eq!(first["decision"], "FAILED", "{first}");
+    assert_eq!(first["ok"], false);
+    assert!(
+        first["failure"].as_str().unwrap().contains("deadline"),
+        "{first}"
+    );
+}
+
+#[test]
+fn filter_test_shows_an_abstaining_module_as_abstain() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = cases_file(
+        dir.path(),
+        "cases:\n  - hook: export\n    endpoint: {namespace: a, podName: b, ip: 10.0.0.1}\n    expect: abstain\n\
+         \x20 - hook: import\n    endpoint: {namespace: a, podName: b, ip: 10.0.0.1}\n    expect: keep\n",
+    );
+    let (ok, stdout, _) = meshfilter(&[
+        "filter",
+        "test",
+        &test_module("misbehave"),
+        "--config",
+        "{onExport: abstain}",
+        "--endpoints",
+        &cases,
+    ]);
+    assert!(ok, "{stdout}");
+    assert!(stdout.contains("2 passed, 0 failed"), "{stdout}");
+    assert!(has_row(&stdout, &["export", "abstain"]), "{stdout}");
+}
+
+#[test]
+fn filter_test_rejects_unknown_keys_and_expectations() {
+    let dir = tempfile::tempdir().unwrap();
+    for (cases, want) in [
+        (
+            "cases:\n  - hook: export\n    endpoint: {namespace: a, podName: b, ip: c, annotation: {x: y}}\n",
+            "unknown field `annotation`",
+        ),
+        (
+            "cases:\n  - hook: export\n    endpoint: {namespace: a, podName: b, ip: c}\n    expect: synced\n",
+            "invalid expect \"synced\"",
+        ),
+        (
+            "cases:\n  - name: web\n    hook: import\n    endpoint: {namespace: a, podName: b, ip: c}\n    expect: sync\n",
+            "case 0 (\"web\"): expect \"sync\" is not a decision of the import hook",
+        ),
+    ] {
+        let file = cases_file(dir.path(), cases);
+        let (ok, stdout, stderr) =
+            meshfilter(&["filter", "test", "builtin:cfp-scope", "--endpoints", &file]);
+        assert!(!ok, "{stdout}");
+        assert!(stderr.contains(want), "want {want:?} in: {stderr}");
+    }
+}
+
+#[test]
+fn filter_test_runs_a_manifest_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let filters = dir.path().join("filters");
+    std::fs::create_dir(&filters).unwrap();
+    for module in ["misbehave", "cfp-scope"] {
+        std::fs::copy(test_module(module), filters.join(format!("{module}.wasm"))).unwrap();
+    }
+    std::fs::write(
+        filters.join("filters.yaml"),
+        "export:\n  otherwise: closed\n  chain:\n    - module: misbehave.wasm\n      config: {onExport: abstain}\n    - module: cfp-scope.wasm\n\
+         import:\n  otherwise: open\n  chain:\n    - module: misbehave.wasm\n      config: {onImport: abstain}\n",
+    )
+    .unwrap();
+    let cases = cases_file(
+        dir.path(),
+        "local: {cluster: c1, region: eu-west-1}\ncases:\n\
+         \x20 - name: opted in\n    hook: export\n    endpoint: {namespace: a, podName: b, ip: 10.0.0.1, labels: {clustermesh.cilium.io/sync: 'true'}}\n    expect: sync:global\n\
+         \x20 - name: every filter abstains\n    hook: import\n    endpoint: {namespace: a, podName: b, ip: 10.0.0.1}\n    expect: keep\n",
+    );
+    let manifest = filters.to_str().unwrap();
+    let run = |cases: &str| {
+        meshfilter(&[
+            "filter",
+            "test",
+            "--manifest",
+            manifest,
+            "--endpoints",
+            cases,
+        ])
+    };
+    let (ok, stdout, stderr) = run(&cases);
+    assert!(ok, "{stdout}{stderr}");
+    assert!(stdout.contains("2 passed, 0 failed"), "{stdout}");
+    assert!(
+        has_row(&stdout, &["opted in", "[cfp-scope.wasm#1"]),
+        "the row names the module that decided: {stdout}"
+    );
+    assert!(
+        has_row(&stdout, &["every filter abstains", "[otherwise:open]"]),
+        "{stdout}"
+    );
+    // `abstain` cannot be expected of a chain.
+    let cases = cases_file(
+        dir.path(),
+        "cases:\n  - hook: import\n    endpoint: {namespace: a, podName: b, ip: 10.0.0.1}\n    expect: abstain\n",
+    );
+    let (ok, _, stderr) = run(&cases);
+    assert!(!ok);
+    assert!(stderr.contains("run as a chain"), "{stderr}");
 }
 
 fn node_config(dir: &std::path::Path, body: &str) -> String {

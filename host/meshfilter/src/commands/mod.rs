@@ -11,6 +11,7 @@ mod demo_mesh;
 mod diff;
 mod export;
 mod filter_get;
+mod filter_new;
 mod mesh;
 mod node;
 mod serve;
@@ -28,7 +29,7 @@ use meshfilter_filter_runtime::{
 };
 
 use crate::builtin;
-use crate::cli::{BenchCommand, Command, FilterCommand, ModuleArgs};
+use crate::cli::{BenchCommand, Command, FilterCommand, LocalityArgs, ModuleArgs};
 
 /// Runs one command; the exit code says whether checks passed.
 pub fn run(command: Command) -> anyhow::Result<ExitCode> {
@@ -39,6 +40,7 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Filter(FilterCommand::Diff(args)) => diff::run(&args),
         Command::Snapshot(args) => snapshot::run(&args),
         Command::Filter(FilterCommand::Get(args)) => filter_get::run(&args),
+        Command::Filter(FilterCommand::New(args)) => filter_new::run(&args),
         Command::Demo(args) => demo::run(&args),
         Command::Mesh(args) => mesh::run(&args),
         Command::Export(args) => export::run(&args),
@@ -91,6 +93,11 @@ pub fn read_module(name: &str) -> anyhow::Result<(String, Vec<u8>)> {
 
 /// The locality given by `--cluster/--zone/--region`.
 pub fn locality(args: &ModuleArgs) -> Locality {
+    locality_of(&args.local)
+}
+
+/// The locality `--cluster/--zone/--region` give.
+pub fn locality_of(args: &LocalityArgs) -> Locality {
     Locality {
         cluster: args.cluster.clone(),
         zone: args.zone.clone(),
@@ -106,8 +113,19 @@ pub fn load_single(
     local: Locality,
     memoize: bool,
 ) -> anyhow::Result<Arc<FilterRuntime>> {
-    let (file, bytes) = read_module(&args.module)?;
-    let mut manifest = FilterManifest::single(&file, parse_config(args.config.as_deref())?);
+    load_module(engine, &args.module, args.config.as_deref(), local, memoize)
+}
+
+/// [`load_single`] for a module name (file or `builtin:<name>`) and `--config` text.
+pub fn load_module(
+    engine: &Arc<FilterEngine>,
+    module: &str,
+    config: Option<&str>,
+    local: Locality,
+    memoize: bool,
+) -> anyhow::Result<Arc<FilterRuntime>> {
+    let (file, bytes) = read_module(module)?;
+    let mut manifest = FilterManifest::single(&file, parse_config(config)?);
     for hook in [
         &mut manifest.export,
         &mut manifest.import,

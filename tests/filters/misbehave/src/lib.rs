@@ -28,6 +28,9 @@
 //!   reason, prefixed by `<version>:` when `version` is set, so memoisation tests can see
 //!   which input and which generation a decision came from. Miss requests have no labels:
 //!   there it behaves like `sync-global`.
+//! - `read-annotations`: behave, with the pod's annotations (`key=value`, comma-separated,
+//!   or `<none>`) as the reason: reads `Endpoint::annotations`, new in interface 0.2.
+//!   Miss requests have none: there it behaves like `sync-global`.
 //! - `trap-if-label:<key>`, `loop-if-label:<key>`, `oom-if-label:<key>`,
 //!   `sleep-if-label:<key>`: fail that way only for endpoints carrying label `<key>`,
 //!   behave otherwise (so the module passes the host's probe and fails at call time).
@@ -66,6 +69,7 @@ enum Mode {
     HugeReason,
     HugeLog,
     ReadLabel(String),
+    ReadAnnotations,
     /// Fail with the inner mode when the endpoint has this label.
     IfLabel(Box<Mode>, String),
 }
@@ -81,6 +85,7 @@ impl Mode {
             "sleep" => Mode::Sleep,
             "huge-reason" => Mode::HugeReason,
             "huge-log" => Mode::HugeLog,
+            "read-annotations" => Mode::ReadAnnotations,
             _ if text.starts_with("grow:") => match text["grow:".len()..].parse::<usize>() {
                 Ok(mib) if mib > 0 => Mode::Grow(mib),
                 _ => {
@@ -146,7 +151,12 @@ enum Outcome {
 
 impl Misbehave {
     /// Runs `mode`: fails as asked, or says what to decide.
-    fn act(&self, mode: &Mode, label: impl FnOnce(&str) -> Option<String>) -> Outcome {
+    fn act(
+        &self,
+        mode: &Mode,
+        label: impl FnOnce(&str) -> Option<String>,
+        annotations: impl FnOnce() -> Vec<(String, String)>,
+    ) -> Outcome {
         match mode {
             Mode::SyncGlobal => Outcome::Behave(self.reason.clone()),
             Mode::Abstain => Outcome::Abstain,
@@ -166,6 +176,17 @@ impl Misbehave {
                 Outcome::Behave(match &self.version {
                     Some(v) => format!("{v}:{value}"),
                     None => value,
+                })
+            }
+            Mode::ReadAnnotations => {
+                let all: Vec<String> = annotations()
+                    .into_iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect();
+                Outcome::Behave(if all.is_empty() {
+                    "<none>".to_string()
+                } else {
+                    all.join(",")
                 })
             }
             Mode::IfLabel(fail, key) => match label(key) {
@@ -262,21 +283,29 @@ impl Filter for Misbehave {
     }
 
     fn export(&self, endpoint: &Endpoint) -> ExportDecision {
-        match self.act(&self.on_export, |key| endpoint.label(key)) {
+        match self.act(
+            &self.on_export,
+            |key| endpoint.label(key),
+            || endpoint.annotations(),
+        ) {
             Outcome::Abstain => ExportDecision::Abstain,
             Outcome::Behave(reason) => ExportDecision::sync(Scope::Global).because(reason),
         }
     }
 
     fn import(&self, endpoint: &Endpoint) -> ImportDecision {
-        match self.act(&self.on_import, |key| endpoint.label(key)) {
+        match self.act(
+            &self.on_import,
+            |key| endpoint.label(key),
+            || endpoint.annotations(),
+        ) {
             Outcome::Abstain => ImportDecision::Abstain,
             Outcome::Behave(reason) => ImportDecision::keep(reason),
         }
     }
 
     fn miss(&self, request: &MissRequest) -> MissDecision {
-        match self.act(&self.on_miss, |_| Some(self.reason.clone())) {
+        match self.act(&self.on_miss, |_| Some(self.reason.clone()), Vec::new) {
             Outcome::Abstain => MissDecision::Abstain,
             Outcome::Behave(reason) => {
                 MissDecision::resolve(request.candidates().into_iter().map(|c| c.locality.cluster))
@@ -331,6 +360,24 @@ mod tests {
             filter.miss(&MissRequest::builder().build()),
             MissDecision::resolve(Vec::<String>::new()).because("misbehave")
         );
+    }
+
+    #[test]
+    fn read_annotations_lists_them_all() {
+        let filter: Misbehave =
+            testing::load(r#"{"onExport": "read-annotations", "onImport": "read-annotations"}"#)
+                .unwrap();
+        let endpoint = Endpoint::builder()
+            .annotation("b", "2")
+            .annotation("a", "1")
+            .build();
+        assert_eq!(
+            filter.export(&endpoint),
+            ExportDecision::sync(Scope::Global).because("a=1,b=2")
+        );
+        assert_eq!(endpoint.reads(), ["annotations()"]);
+        let bare = Endpoint::builder().build();
+        assert_eq!(filter.import(&bare), ImportDecision::keep("<none>"));
     }
 
     #[test]
