@@ -33,6 +33,19 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_pkgs[@]}" >/dev/null
 fi
 
+# kubectl (with its built-in kustomize): the deploy tests render deploy/ with it. Not a
+# Debian package; the release binary from the Kubernetes download site.
+if [ "$with_ebpf" -eq 1 ] && ! command -v kubectl >/dev/null; then
+  KUBECTL_VERSION=v1.32.4
+  arch=$(dpkg --print-architecture 2>/dev/null || echo amd64)
+  log "installing kubectl $KUBECTL_VERSION"
+  command -v curl >/dev/null || { as_root apt-get update -qq; as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq curl >/dev/null; }
+  tmp=$(mktemp)
+  curl -fsSL -o "$tmp" "https://dl.k8s.io/release/$KUBECTL_VERSION/bin/linux/$arch/kubectl"
+  as_root install -m 0755 "$tmp" /usr/local/bin/kubectl
+  rm -f "$tmp"
+fi
+
 # --- Rust ---------------------------------------------------------------------------------
 if ! command -v cargo >/dev/null; then
   log "cargo not found: install Rust (rustup) first"; exit 1
