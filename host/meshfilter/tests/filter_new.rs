@@ -1,54 +1,11 @@
 //! `meshfilter filter new`: the crate it writes builds to a module that passes
 //! `filter check` and `filter test`, and its native tests pass, untouched.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .unwrap()
-}
-
-fn meshfilter(args: &[&str], cwd: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_meshfilter"))
-        .args(args)
-        .current_dir(cwd)
-        .output()
-        .expect("run meshfilter")
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-/// `cargo <args>` in `dir`, into a target directory kept between runs (under the shared
-/// `CARGO_TARGET_DIR` when set) so the SDK's dependencies are compiled once. The outer
-/// `cargo test`'s settings are for this workspace and are removed.
-fn cargo(dir: &Path, args: &[&str]) -> Output {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace().join("target"))
-        .join("filter-new");
-    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
-    cmd.current_dir(dir)
-        .args(args)
-        .arg("--target-dir")
-        .arg(&target);
-    meshfilter_filter_build::clear_outer_cargo_env(&mut cmd);
-    let out = cmd.output().expect("run cargo");
-    assert!(
-        out.status.success(),
-        "cargo {args:?} failed:\n{}",
-        text(&out)
-    );
-    out
-}
+mod common;
+use common::{
+    cargo_in as cargo, filter_new_target, meshfilter_in as meshfilter, output_text as text,
+    workspace,
+};
 
 #[test]
 fn a_new_filter_builds_checks_and_passes_its_tests() {
@@ -83,11 +40,7 @@ fn a_new_filter_builds_checks_and_passes_its_tests() {
             "wasm32-wasip2",
         ],
     );
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace().join("target"))
-        .join("filter-new");
-    let module = target.join("wasm32-wasip2/release/team_web.wasm");
+    let module = filter_new_target().join("wasm32-wasip2/release/team_web.wasm");
     let module = module.to_str().unwrap();
     let config = format!("@{}", dir.join("config.json").display());
 

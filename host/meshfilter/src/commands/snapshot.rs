@@ -6,13 +6,16 @@ use std::time::SystemTime;
 use anyhow::{Context, bail};
 use meshfilter_cilium::ClusterName;
 use meshfilter_etcd::{EtcdConfig, scan_clusters_dir};
-use meshfilter_whatif::{FORMAT_VERSION, Snapshot};
+use meshfilter_whatif::{ClusterSnapshot, FORMAT_VERSION, Snapshot};
 
 use crate::cli::SnapshotArgs;
 use crate::config::MeshConfig;
 
 pub fn run(args: &SnapshotArgs) -> anyhow::Result<ExitCode> {
     let mut targets: Vec<(ClusterName, EtcdConfig)> = Vec::new();
+    // The mesh's own cluster consumes what the others export: it goes in as a consumer
+    // (its locality, no endpoints), so `filter diff` shows the consequence for it.
+    let mut consumers = Vec::new();
     let mut sources = Vec::new();
     let mut from_dir = |dir: &std::path::Path, own: Option<&str>| -> anyhow::Result<()> {
         for (file, config) in scan_clusters_dir(dir, own)? {
@@ -30,6 +33,14 @@ pub fn run(args: &SnapshotArgs) -> anyhow::Result<ExitCode> {
     if let Some(path) = &args.mesh_config {
         let config = MeshConfig::load(path)?;
         from_dir(&config.clusters_dir, Some(&config.cluster.name))?;
+        consumers.push(ClusterSnapshot {
+            name: config.cluster.name.clone(),
+            region: config.cluster.region.clone(),
+            zone: config.cluster.zone.clone(),
+            nodes: 0,
+            identities: 0,
+            endpoints: Vec::new(),
+        });
     }
     if let Some(dir) = &args.clusters_dir {
         from_dir(dir, None)?;
@@ -73,6 +84,15 @@ pub fn run(args: &SnapshotArgs) -> anyhow::Result<ExitCode> {
             }
         );
         clusters.push(cluster);
+    }
+    for consumer in consumers {
+        if !clusters.iter().any(|c| c.name == consumer.name) {
+            eprintln!(
+                "{}: the mesh's own cluster, as a consumer only (its endpoints are not read)",
+                consumer.name
+            );
+            clusters.push(consumer);
+        }
     }
     let snapshot = Snapshot {
         format: FORMAT_VERSION,

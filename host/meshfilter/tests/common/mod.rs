@@ -5,7 +5,8 @@
     reason = "each test binary uses a different part of the shared helpers"
 )]
 
-use std::process::{Child, Command, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 /// Runs etcdctl (v3 API) against `endpoint`; panics with its stderr on failure.
@@ -94,4 +95,57 @@ pub fn wait_ready(addr: &str, what: &str) {
         assert!(Instant::now() < deadline, "{what}");
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// The workspace root.
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
+}
+
+/// Target directory for crates made by `meshfilter filter new`, kept between runs (under
+/// the shared `CARGO_TARGET_DIR` when set) so the SDK's dependencies compile once.
+pub fn filter_new_target() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join("target"))
+        .join("filter-new")
+}
+
+/// Runs this crate's `meshfilter` binary in `cwd` and collects its output.
+pub fn meshfilter_in(args: &[&str], cwd: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_meshfilter"))
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .expect("run meshfilter")
+}
+
+/// Stdout and stderr of a finished process, as one text.
+pub fn output_text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// `cargo <args>` in `dir` into [`filter_new_target`], without the outer `cargo test`'s
+/// settings (they are for this workspace); panics with the output on failure.
+pub fn cargo_in(dir: &Path, args: &[&str]) -> Output {
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.current_dir(dir)
+        .args(args)
+        .arg("--target-dir")
+        .arg(filter_new_target());
+    meshfilter_filter_build::clear_outer_cargo_env(&mut cmd);
+    let out = cmd.output().expect("run cargo");
+    assert!(
+        out.status.success(),
+        "cargo {args:?} failed:\n{}",
+        output_text(&out)
+    );
+    out
 }
