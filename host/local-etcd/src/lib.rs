@@ -125,12 +125,17 @@ impl TlsFiles {
     }
 }
 
-/// A port nothing listens on right now.
-fn free_port() -> u16 {
+/// A loopback port nothing listens on right now: the one place every fixture, test and
+/// soak gets its ports from.
+pub fn try_free_port() -> std::io::Result<u16> {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
-        .expect("a free port")
+}
+
+/// [`try_free_port`], panicking when the machine has none (for tests).
+pub fn free_port() -> u16 {
+    try_free_port().expect("a free port")
 }
 
 /// Where data directories go: `MESHFILTER_ETCD_DATA_ROOT` if set (to measure on disk),

@@ -12,9 +12,10 @@ use meshfilter_local_etcd::EtcdServer;
 
 mod common;
 use common::{
-    cargo_in, etcdctl, filter_new_target, free_port, http_get, meshfilter_in, output_text,
-    put_canaries, spawn_meshfilter, stop, wait_ready, workspace,
+    cargo_in, etcdctl, filter_new_target, http_get, meshfilter_in, output_text, put_canaries,
+    spawn_meshfilter, stop, wait_ready, workspace,
 };
+use meshfilter_local_etcd::free_port;
 
 /// Endpoints of the remote cluster, all on its node in us-east-1, all exported globally.
 const ENDPOINTS: usize = 40;

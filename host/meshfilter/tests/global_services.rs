@@ -6,7 +6,8 @@
 use meshfilter_local_etcd::EtcdServer;
 
 mod common;
-use common::{etcdctl, free_port, put_canaries, spawn_meshfilter, wait_ready};
+use common::{etcdctl, put_canaries, spawn_meshfilter, wait_ready};
+use meshfilter_local_etcd::free_port;
 
 const SERVICE: &str = r#"{"cluster":"remote1","namespace":"shop","name":"web","frontends":{"10.96.0.10":{"http":{"Protocol":"TCP","Port":80}}},"backends":{"10.7.0.10":{"http":{"Protocol":"TCP","Port":8080}},"10.7.0.11":{"http":{"Protocol":"TCP","Port":8080}}},"labels":{},"selector":{"app":"web"},"includeExternal":true,"shared":true,"clusterID":7}"#;
 

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use meshfilter_local_etcd::EtcdServer;
 
 mod common;
-use common::{etcdctl, free_port, http_get, put_canaries, wait_ready};
+use common::{etcdctl, http_get, put_canaries, wait_ready};
+use meshfilter_local_etcd::free_port;
 
 fn stop(mesh: &mut Child) {
     common::stop(mesh, "mesh");

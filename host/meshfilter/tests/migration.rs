@@ -11,7 +11,8 @@ use etcd_client::{Client, EventType, GetOptions, LockOptions, WatchOptions};
 use meshfilter_local_etcd::EtcdServer;
 
 mod common;
-use common::{etcdctl, free_port, http_get, put_canaries};
+use common::{etcdctl, http_get, put_canaries};
+use meshfilter_local_etcd::free_port;
 
 const CLUSTER_CONFIG: &str =
     r#"{"id":7,"capabilities":{"syncedCanaries":true,"maxConnectedClusters":255}}"#;

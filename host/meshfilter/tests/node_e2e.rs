@@ -21,7 +21,8 @@ use meshfilter_local_etcd::EtcdServer;
 use meshfilter_node::{Attachment, Datapath, DatapathConfig, Direction, MeshView, MissVerdict};
 
 mod common;
-use common::{etcdctl, free_port, http_get, put_canaries};
+use common::{etcdctl, http_get, put_canaries};
+use meshfilter_local_etcd::free_port;
 
 fn stop(node: &mut Child) {
     common::stop(node, "node");

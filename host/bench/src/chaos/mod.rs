@@ -301,11 +301,8 @@ struct Soak {
     rt: tokio::runtime::Runtime,
 }
 
-/// A loopback port nothing listens on right now.
 fn free_port() -> Result<u16, BenchError> {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
+    meshfilter_local_etcd::try_free_port()
         .map_err(|e| BenchError::fixture("a free port")(e.to_string()))
 }
 

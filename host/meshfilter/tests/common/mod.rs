@@ -42,15 +42,6 @@ pub fn put_canaries(endpoint: &str, cluster: &str) {
     }
 }
 
-/// A loopback port nothing listens on right now.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// The body of a GET, whatever the status; empty when nothing answers.
 pub fn http_get(url: &str) -> String {
     match ureq::get(url).timeout(Duration::from_secs(5)).call() {
