@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use etcd_client::{Client, Txn, TxnOp};
+use meshfilter_cilium::ClusterName;
 use meshfilter_local_etcd::EtcdServer;
-use serde_json::json;
 
 use crate::cli::BenchMeshArgs;
 
@@ -44,7 +44,7 @@ async fn run_async(args: &BenchMeshArgs) -> anyhow::Result<()> {
 
     // Raw batched write rate into the local etcd, measured first, then cleared.
     let raw_keys = 50_000usize;
-    let value = endpoint_value(1, 0);
+    let value = endpoint_value("10.0.0.1", 65_792);
     let started = Instant::now();
     write_batched(
         &dst,
@@ -67,7 +67,7 @@ async fn run_async(args: &BenchMeshArgs) -> anyhow::Result<()> {
         let name = format!("remote-{c:03}");
         let mut kvs = vec![(
             format!("cilium/cluster-config/{name}"),
-            json!({"id": c, "capabilities": {"syncedCanaries": true, "cached": true, "maxConnectedClusters": 255}}).to_string(),
+            super::fixtures::cluster_config(c, true),
         )];
         for n in 0..args.nodes as u32 {
             kvs.push((
@@ -89,11 +89,7 @@ async fn run_async(args: &BenchMeshArgs) -> anyhow::Result<()> {
         }
         for e in 0..per_cluster as u32 {
             let ip = format!("10.{}.{}.{}", c, e / 250, e % 250 + 1);
-            let mut v = endpoint_value(c, e);
-            v = v.replace("IPADDR", &ip).replace(
-                "IDENT",
-                &((c << 16) + 256 + e % args.identities as u32).to_string(),
-            );
+            let v = endpoint_value(&ip, (c << 16) + 256 + e % args.identities as u32);
             kvs.push((format!("cilium/cache/ip/v1/{name}/{ip}"), v));
         }
         for kv in ["ip", "identities", "nodes", "services"] {
@@ -191,19 +187,31 @@ async fn run_async(args: &BenchMeshArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn endpoint_value(_cluster: u32, _i: u32) -> String {
-    r#"{"IP":"IPADDR","HostIP":"172.16.0.1","ID":IDENT,"Key":0,"Metadata":"","K8sNamespace":"ns","K8sPodName":"pod","K8sServiceAccount":"default","SyncScope":"global"}"#
-        .to_string()
+/// An endpoint on the remote's first node, exported globally.
+fn endpoint_value(ip: &str, id: u32) -> String {
+    super::fixtures::endpoint(
+        ip.parse().expect("a generated IP"),
+        "172.16.0.1".parse().expect("an IP"),
+        id,
+        "ns",
+        "pod",
+        Some("global"),
+    )
 }
 
 fn node_value(cluster: &str, id: u32, n: u32) -> String {
-    json!({
-        "Name": format!("n{n}"), "Cluster": cluster,
-        "IPAddresses": [{"Type": "InternalIP", "IP": format!("172.{}.{}.{}", 16 + id / 256, id % 256, n + 1)}],
-        "ClusterID": id, "Source": "custom-resource",
-        "Labels": {"topology.kubernetes.io/region": "r1", "topology.kubernetes.io/zone": "z1"}
-    })
-    .to_string()
+    let ip = format!("172.{}.{}.{}", 16 + id / 256, id % 256, n + 1);
+    super::fixtures::node(
+        &ClusterName::new(cluster).expect("a generated cluster name"),
+        id,
+        &format!("n{n}"),
+        ip.parse().expect("a generated IP"),
+        &[
+            ("topology.kubernetes.io/region", "r1"),
+            ("topology.kubernetes.io/zone", "z1"),
+        ],
+        None,
+    )
 }
 
 /// Writes `kvs` in 128-operation transactions from four concurrent writers.

@@ -49,8 +49,13 @@ fn nth(base: Ipv4Addr, i: u32) -> Ipv4Addr {
 }
 
 fn endpoint_json(ip: Ipv4Addr, id: u32, scope: &str) -> String {
-    format!(
-        r#"{{"IP":"{ip}","HostIP":"203.0.113.2","ID":{id},"Key":0,"Metadata":"","K8sNamespace":"bench","K8sPodName":"pod-{ip}","SyncScope":"{scope}"}}"#
+    super::fixtures::endpoint(
+        ip.into(),
+        Ipv4Addr::new(203, 0, 113, 2).into(),
+        id,
+        "bench",
+        &format!("pod-{ip}"),
+        Some(scope),
     )
 }
 
@@ -103,13 +108,20 @@ async fn run_async(args: &BenchNodeArgs) -> anyhow::Result<()> {
     let mut kv = rclient.kv_client();
     kv.put(
         "cilium/cluster-config/cluster-b",
-        r#"{"id":2,"capabilities":{"syncedCanaries":true,"maxConnectedClusters":255}}"#,
+        super::fixtures::cluster_config(2, false),
         None,
     )
     .await?;
     kv.put(
         "cilium/state/nodes/v1/cluster-b/b1",
-        r#"{"Name":"b1","Cluster":"cluster-b","IPAddresses":[{"Type":"InternalIP","IP":"203.0.113.2"}],"IPv4AllocCIDR":{"IP":"198.18.0.0","Mask":"//8AAA=="},"ClusterID":2,"Labels":{"topology.kubernetes.io/region":"us-east-1"}}"#,
+        super::fixtures::node(
+            &ClusterName::new("cluster-b")?,
+            2,
+            "b1",
+            Ipv4Addr::new(203, 0, 113, 2).into(),
+            &[("topology.kubernetes.io/region", "us-east-1")],
+            Some("198.18.0.0/16".parse()?),
+        ),
         None,
     )
     .await?;

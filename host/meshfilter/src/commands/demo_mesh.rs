@@ -6,7 +6,7 @@
 //! filled by meshfilter's sync engine through the import hook. Everything after the export
 //! decision is the production path: reflectors, leases, canaries, cluster configs.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,7 +19,6 @@ use meshfilter_local_etcd::EtcdServer;
 use meshfilter_sync::{
     RemoteCluster, RemoteOptions, RemoteStatusHandle, SyncMetrics, TargetWriter, WriterConfig,
 };
-use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use super::demo::{Sample, SampleCluster, short};
@@ -189,7 +188,7 @@ fn export_cluster(
     let origin = runtime.local().clone();
     let mut kvs = vec![(
         format!("cilium/cluster-config/{}", c.name),
-        json!({"id": cluster_id, "capabilities": {"syncedCanaries": true, "maxConnectedClusters": 255}}).to_string(),
+        super::fixtures::cluster_config(cluster_id, false),
     )];
     println!(
         "\n== {} (region {}, zone {}): export side",
@@ -254,19 +253,20 @@ fn export_cluster(
     }
     for (n, node_ip) in nodes.iter().enumerate() {
         let name = format!("{}-node-{n}", c.name);
-        let value = json!({
-            "Name": name, "Cluster": c.name,
-            "IPAddresses": [{"Type": "InternalIP", "IP": node_ip}],
-            "ClusterID": cluster_id, "Source": "custom-resource", "EncryptionKey": 0,
-            "Labels": BTreeMap::from([
-                ("topology.kubernetes.io/region", origin.region.clone().unwrap_or_default()),
-                ("topology.kubernetes.io/zone", origin.zone.clone().unwrap_or_default()),
-            ]),
-        });
-        kvs.push((
-            format!("cilium/state/nodes/v1/{}/{name}", c.name),
-            value.to_string(),
-        ));
+        let region = origin.region.clone().unwrap_or_default();
+        let zone = origin.zone.clone().unwrap_or_default();
+        let value = super::fixtures::node(
+            &ClusterName::new(c.name.clone())?,
+            cluster_id,
+            &name,
+            node_ip.parse()?,
+            &[
+                ("topology.kubernetes.io/region", &region),
+                ("topology.kubernetes.io/zone", &zone),
+            ],
+            None,
+        );
+        kvs.push((format!("cilium/state/nodes/v1/{}/{name}", c.name), value));
     }
     println!("  exported {exported} of {}", c.endpoints.len());
     // Written once every list is in, as clustermesh-apiserver does.

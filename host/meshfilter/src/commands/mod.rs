@@ -12,6 +12,7 @@ mod diff;
 mod export;
 mod filter_get;
 mod filter_new;
+mod fixtures;
 mod mesh;
 mod node;
 mod serve;
