@@ -66,7 +66,18 @@ impl Backoff {
     /// Sleeps the next delay; false when `cancel` fired first, so a retry loop reads
     /// `if !backoff.wait(&cancel).await { return }` and shutdown never waits out a delay.
     pub async fn wait(&mut self, cancel: &CancellationToken) -> bool {
+        self.wait_noted(cancel, |_| {}).await
+    }
+
+    /// [`Backoff::wait`], first handing the delay to `note` (to log or count it before
+    /// the wait starts).
+    pub async fn wait_noted(
+        &mut self,
+        cancel: &CancellationToken,
+        note: impl FnOnce(Duration),
+    ) -> bool {
         let delay = self.next_delay();
+        note(delay);
         tokio::select! {
             _ = cancel.cancelled() => false,
             _ = tokio::time::sleep(delay) => true,

@@ -177,14 +177,16 @@ impl Watcher {
                 Ok(Ended::Stop) => return,
                 Ok(Ended::Relist) => continue,
                 Err(error) => {
-                    let delay = self.backoff.next_delay();
-                    tracing::warn!(etcd = %self.etcd, prefix = %self.prefix, error = %error, retry_in = ?delay, "watch interrupted");
+                    let (etcd, prefix, message) =
+                        (self.etcd.clone(), self.prefix.clone(), error.to_string());
                     if tx.send(WatchEvent::Error(error)).await.is_err() {
                         return;
                     }
-                    tokio::select! {
-                        _ = cancel.cancelled() => return,
-                        _ = tokio::time::sleep(delay) => {}
+                    let note = |delay| {
+                        tracing::warn!(%etcd, %prefix, error = %message, retry_in = ?delay, "watch interrupted");
+                    };
+                    if !self.backoff.wait_noted(&cancel, note).await {
+                        return;
                     }
                 }
             }

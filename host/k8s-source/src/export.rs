@@ -356,17 +356,15 @@ impl Exporter {
                 .await;
             let Err(e) = result else { break };
             target_unknown = true;
-            let delay = backoff.next_delay();
-            tracing::warn!(error = %e, retry_in = ?delay, "export interrupted");
             self.metrics.write_retries.inc();
             {
                 let mut p = self.progress.lock();
                 p.retries += 1;
                 p.last_error = Some(e.to_string());
             }
-            tokio::select! {
-                _ = cancel.cancelled() => break,
-                _ = tokio::time::sleep(delay) => {}
+            let note = |delay| tracing::warn!(error = %e, retry_in = ?delay, "export interrupted");
+            if !backoff.wait_noted(cancel, note).await {
+                break;
             }
         }
         tracing::debug!("export stopped");
