@@ -186,6 +186,9 @@ impl FilterInstance {
         local: Arc<Locality>,
         metrics: FilterMetrics,
     ) -> Result<FilterInstance, LoadError> {
+        // Everything said while configuring and self-testing (guest log lines included)
+        // carries the module.
+        let _module = tracing::info_span!("module", module = %module.info.file, sha256 = %&module.info.sha256[..12]).entered();
         let log = Arc::new(GuestLog::new(
             module.info.file.as_str().into(),
             engine.config.log_lines_per_second,
@@ -315,6 +318,9 @@ impl FilterInstance {
                 memo_hit: true,
             });
         }
+        // A span per guest call, not per memo hit: the hot path stays a lookup.
+        let _module =
+            tracing::debug_span!("module", module = %self.file, hook = %H::HOOK).entered();
         let popped = self.warm.lock().pop();
         let mut warm = match popped {
             Some(w) => w,

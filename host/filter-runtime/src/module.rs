@@ -51,6 +51,7 @@ impl LoadedModule {
         bytes: &[u8],
         pin: Option<&str>,
     ) -> Result<Arc<LoadedModule>, LoadError> {
+        let _module = tracing::info_span!("module", module = %file).entered();
         let limit = engine.config.max_module_bytes;
         if bytes.len() > limit {
             return Err(LoadError::TooLarge {
