@@ -99,9 +99,48 @@ pub(crate) struct Candidate {
     since: Instant,
     since_unix: u64,
     buckets: u64,
+    counts: Counts,
+}
+
+/// A candidate's decisions so far: made, failed, changed.
+#[derive(Default)]
+struct Counts {
     calls: AtomicU64,
     failures: AtomicU64,
     changed: AtomicU64,
+}
+
+impl Counts {
+    /// Counts one decision; returns the bound it crossed, if any.
+    fn record(&self, failed: bool, changed: bool, policy: &RolloutPolicy) -> Option<RollbackCause> {
+        let calls = self.calls.fetch_add(1, Ordering::Relaxed) + 1;
+        let failures = if failed {
+            self.failures.fetch_add(1, Ordering::Relaxed) + 1
+        } else {
+            self.failures.load(Ordering::Relaxed)
+        };
+        let changed = if changed {
+            self.changed.fetch_add(1, Ordering::Relaxed) + 1
+        } else {
+            self.changed.load(Ordering::Relaxed)
+        };
+        if calls >= policy.min_calls && failures as f64 > policy.max_failure_ratio * calls as f64 {
+            return Some(RollbackCause::Failures);
+        }
+        if changed > policy.max_changed {
+            return Some(RollbackCause::Changes);
+        }
+        None
+    }
+
+    /// `(calls, failures, changed)`.
+    fn get(&self) -> (u64, u64, u64) {
+        (
+            self.calls.load(Ordering::Relaxed),
+            self.failures.load(Ordering::Relaxed),
+            self.changed.load(Ordering::Relaxed),
+        )
+    }
 }
 
 impl Candidate {
@@ -111,15 +150,15 @@ impl Candidate {
             since: Instant::now(),
             since_unix: unix_now(),
             buckets: policy.buckets(),
-            calls: AtomicU64::new(0),
-            failures: AtomicU64::new(0),
-            changed: AtomicU64::new(0),
+            counts: Counts::default(),
         }
     }
 
-    /// Whether the candidate decides for an input whose stable key hashes to `key`.
-    pub(crate) fn covers(&self, key: &[u8]) -> bool {
-        bucket(key) < self.buckets
+    /// Whether the candidate decides for `input`.
+    pub(crate) fn covers<I: Canaried + ?Sized>(&self, input: &I) -> bool {
+        let mut hasher = sha2::Sha256::new();
+        input.feed(&mut hasher);
+        bucket_of(hasher) < self.buckets
     }
 
     /// Counts one decision; returns the bound it crossed, if any.
@@ -129,14 +168,7 @@ impl Candidate {
         changed: bool,
         policy: &RolloutPolicy,
     ) -> Option<RollbackCause> {
-        record(
-            &self.calls,
-            &self.failures,
-            &self.changed,
-            failed,
-            changed,
-            policy,
-        )
+        self.counts.record(failed, changed, policy)
     }
 
     pub(crate) fn due(&self, policy: &RolloutPolicy) -> bool {
@@ -153,16 +185,14 @@ impl Candidate {
                 .promote_after
                 .saturating_sub(self.since.elapsed())
                 .as_secs(),
-            decisions: self.calls.load(Ordering::Relaxed),
-            failures: self.failures.load(Ordering::Relaxed),
-            changed: self.changed.load(Ordering::Relaxed),
+            decisions: self.counts.get().0,
+            failures: self.counts.get().1,
+            changed: self.counts.get().2,
         }
     }
 
     pub(crate) fn rollback_status(&self, cause: RollbackCause) -> RollbackStatus {
-        let calls = self.calls.load(Ordering::Relaxed);
-        let failures = self.failures.load(Ordering::Relaxed);
-        let changed = self.changed.load(Ordering::Relaxed);
+        let (calls, failures, changed) = self.counts.get();
         RollbackStatus {
             generation: self.generation.number,
             modules: modules(&self.generation),
@@ -181,35 +211,6 @@ impl Candidate {
             changed,
         }
     }
-}
-
-/// Counts one decision in `calls`, `failures` and `changed`; returns the bound crossed.
-fn record(
-    calls: &AtomicU64,
-    failures: &AtomicU64,
-    changed: &AtomicU64,
-    failed: bool,
-    was_changed: bool,
-    policy: &RolloutPolicy,
-) -> Option<RollbackCause> {
-    let calls = calls.fetch_add(1, Ordering::Relaxed) + 1;
-    let failures = if failed {
-        failures.fetch_add(1, Ordering::Relaxed) + 1
-    } else {
-        failures.load(Ordering::Relaxed)
-    };
-    let changed = if was_changed {
-        changed.fetch_add(1, Ordering::Relaxed) + 1
-    } else {
-        changed.load(Ordering::Relaxed)
-    };
-    if calls >= policy.min_calls && failures as f64 > policy.max_failure_ratio * calls as f64 {
-        return Some(RollbackCause::Failures);
-    }
-    if changed > policy.max_changed {
-        return Some(RollbackCause::Changes);
-    }
-    None
 }
 
 /// The rollout state a runtime reports.
@@ -244,38 +245,47 @@ fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
-/// The bucket (0..SHARE_BUCKETS) of a stable key. SHA-256 rather than std's hasher: the
-/// share must be the same in every process and every release, so the canary endpoints of
-/// two mesh replicas, or of a restart, are the same.
-fn bucket(key: &[u8]) -> u64 {
-    let digest = sha2::Sha256::digest(key);
+/// The bucket (0..SHARE_BUCKETS) of what `hasher` was fed. SHA-256 rather than std's
+/// hasher: the share must be the same in every process and every release, so the canary
+/// endpoints of two mesh replicas, or of a restart, are the same.
+fn bucket_of(hasher: sha2::Sha256) -> u64 {
+    let digest = hasher.finalize();
     let mut head = [0u8; 8];
     head.copy_from_slice(&digest[..8]);
     u64::from_be_bytes(head) % SHARE_BUCKETS
 }
 
-/// What canary rollout needs of a hook's input and decision.
+/// What canary rollout needs of a hook's input: bytes that name it stably, so the share
+/// it falls in does not change while it lives. Fed to the hasher piece by piece: the
+/// decision path allocates nothing for it.
 pub(crate) trait Canaried {
-    /// Bytes that name the input stably: the share it falls in does not change while it
-    /// lives.
-    fn canary_key(&self) -> Vec<u8>;
+    fn feed(&self, hasher: &mut sha2::Sha256);
 }
 
 impl Canaried for EndpointInput {
-    /// Cluster, namespace and pod: a pod keeps its bucket when the input's labels change.
-    fn canary_key(&self) -> Vec<u8> {
+    /// `cluster/namespace/pod` (the IP without a pod name): a pod keeps its bucket when
+    /// its labels change.
+    fn feed(&self, hasher: &mut sha2::Sha256) {
         let name = if self.pod_name.is_empty() {
             &self.ip
         } else {
             &self.pod_name
         };
-        format!("{}/{}/{}", self.origin.cluster, self.namespace, name).into_bytes()
+        for (i, part) in [&self.origin.cluster, &self.namespace, name]
+            .into_iter()
+            .enumerate()
+        {
+            if i > 0 {
+                hasher.update(b"/");
+            }
+            hasher.update(part.as_bytes());
+        }
     }
 }
 
 impl Canaried for MissInput {
-    fn canary_key(&self) -> Vec<u8> {
-        self.address.clone().into_bytes()
+    fn feed(&self, hasher: &mut sha2::Sha256) {
+        hasher.update(self.address.as_bytes());
     }
 }
 
@@ -317,6 +327,12 @@ pub(crate) fn failed(decided_by: &Decided) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn bucket(key: &[u8]) -> u64 {
+        let mut hasher = sha2::Sha256::new();
+        hasher.update(key);
+        bucket_of(hasher)
+    }
 
     #[test]
     fn the_share_is_close_to_the_percentage_and_stable() {
@@ -380,6 +396,27 @@ mod tests {
     }
 
     #[test]
+    fn an_endpoint_falls_in_the_bucket_of_cluster_namespace_pod() {
+        let mut ep = EndpointInput {
+            namespace: "shop".into(),
+            pod_name: "web-0".into(),
+            ip: "10.0.0.1".into(),
+            origin: crate::input::Locality::cluster("c1"),
+            ..Default::default()
+        };
+        let of = |ep: &EndpointInput| {
+            let mut hasher = sha2::Sha256::new();
+            ep.feed(&mut hasher);
+            bucket_of(hasher)
+        };
+        assert_eq!(of(&ep), bucket(b"c1/shop/web-0"));
+        ep.labels.insert("app".into(), "web".into());
+        assert_eq!(of(&ep), bucket(b"c1/shop/web-0"), "labels do not move it");
+        ep.pod_name.clear();
+        assert_eq!(of(&ep), bucket(b"c1/shop/10.0.0.1"));
+    }
+
+    #[test]
     fn a_policy_names_its_bad_field() {
         let bad = RolloutPolicy {
             canary_percent: 0.0,
@@ -391,31 +428,5 @@ mod tests {
             ..RolloutPolicy::default()
         };
         assert!(bad.validate().unwrap_err().contains("maxFailureRatio: 2"));
-    }
-
-    /// The counting part of [`Candidate`], without a generation.
-    #[derive(Default)]
-    struct Counts {
-        calls: AtomicU64,
-        failures: AtomicU64,
-        changed: AtomicU64,
-    }
-
-    impl Counts {
-        fn record(
-            &self,
-            failed: bool,
-            changed: bool,
-            policy: &RolloutPolicy,
-        ) -> Option<RollbackCause> {
-            record(
-                &self.calls,
-                &self.failures,
-                &self.changed,
-                failed,
-                changed,
-                policy,
-            )
-        }
     }
 }

@@ -225,7 +225,7 @@ impl FilterRuntime {
             self.promote(candidate);
             return decide(&self.current.load());
         }
-        if !candidate.covers(&input.canary_key()) {
+        if !candidate.covers(input) {
             return decide(&self.current.load());
         }
         let mine = decide(&candidate.generation);

@@ -279,10 +279,16 @@ pub fn diff(
         let mut out = Vec::with_capacity(cluster.endpoints.len());
         let mut scopes = Interner::default();
         for endpoint in &cluster.endpoints {
-            let input = Arc::new(EndpointInput {
-                sync_scope: None,
-                ..(**endpoint).clone()
-            });
+            // The export hook never sees a recorded scope; copy only an endpoint that
+            // carries one.
+            let input = if endpoint.sync_scope.is_none() {
+                endpoint.clone()
+            } else {
+                Arc::new(EndpointInput {
+                    sync_scope: None,
+                    ..(**endpoint).clone()
+                })
+            };
             let o = rt_old.decide_export(&input, None);
             let n = rt_new.decide_export(&input, None);
             let (from, to) = (
