@@ -1,11 +1,22 @@
-//! Fixtures shared by the integration tests: built filter modules, remote mirrors with
-//! short retries, and (re-exported from `meshfilter-local-etcd`, which the chaos soak
-//! shares) the TCP proxy and the ConfigMap-like module directory.
+//! The one support crate of every integration test in the workspace (this crate's own
+//! cross-crate tests, the binary's end-to-end tests, the node's): real etcd servers and
+//! what Cilium writes into them ([`cilium_data`] on the source side, [`cache`] on the
+//! consumer side, [`etcdctl`]), built filter modules, remote mirrors with short retries,
+//! meshfilter processes ([`process`]), network namespaces with real packets ([`netns`]),
+//! crates built outside the workspace ([`cargo`]), ports, and waiting on conditions,
+//! never fixed sleeps. The TCP proxy and the ConfigMap-like module directory are
+//! re-exported from `meshfilter-local-etcd`, which the chaos soak shares.
 
+pub mod cache;
+pub mod cargo;
 pub mod cilium_data;
+pub mod etcdctl;
+pub mod netns;
+pub mod process;
 pub use meshfilter_local_etcd as etcd;
 /// The directory updated like a mounted ConfigMap (shared with the chaos soak).
 pub use meshfilter_local_etcd::ConfigMapDir;
+pub use meshfilter_local_etcd::free_port;
 /// The TCP proxy that partitions a client from an etcd (shared with the chaos soak).
 pub use meshfilter_local_etcd::proxy;
 
@@ -118,6 +129,21 @@ pub async fn writer_into(
         cancel.clone(),
     );
     (client, writer)
+}
+
+/// Polls `condition` until it holds; panics with `what` (and the last state `describe`
+/// gives) after `within`.
+pub async fn wait_until(
+    within: Duration,
+    what: &str,
+    mut condition: impl FnMut() -> bool,
+    describe: impl Fn() -> String,
+) {
+    let deadline = Instant::now() + within;
+    while !condition() {
+        assert!(Instant::now() < deadline, "{what}: {}", describe());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 /// Polls the async `check` until it passes or 20 s pass; panics with `what` and the last

@@ -1,5 +1,5 @@
-//! Why a soak could not run (as opposed to a soak that ran and found differences, which is
-//! a [`crate::ChaosReport`] that did not pass).
+//! Why a soak, a benchmark or the demo could not run (as opposed to a soak that ran and
+//! found differences, which is a [`crate::ChaosReport`] that did not pass).
 
 use std::path::PathBuf;
 
@@ -44,6 +44,36 @@ pub enum BenchError {
         /// What was waited for.
         what: String,
     },
+    /// A meshfilter process exited while it was waited for.
+    #[error("{process} exited ({status}); its log: {}", log.display())]
+    Exited {
+        /// Which process.
+        process: String,
+        /// How it exited.
+        status: String,
+        /// Where its standard error went.
+        log: PathBuf,
+    },
+    /// The demo's sample mesh could not be read or parsed.
+    #[error("sample mesh {origin}: {message}")]
+    Sample {
+        /// The file, or `bundled`.
+        origin: String,
+        /// What was wrong.
+        message: String,
+    },
+    /// A filter set did not load.
+    #[error("filters: {0}")]
+    Filters(#[from] meshfilter_filter_runtime::LoadError),
+    /// A Cilium name or value the benchmark generates was refused (a bug in the generator).
+    #[error("generated Cilium data: {0}")]
+    Cilium(String),
+    /// The eBPF datapath could not be loaded or driven.
+    #[error("datapath: {0}")]
+    Datapath(#[from] meshfilter_node::DatapathError),
+    /// A measured run did not complete: what it measures never happened.
+    #[error("{0}")]
+    Incomplete(String),
 }
 
 impl BenchError {
@@ -60,5 +90,20 @@ impl BenchError {
     pub(crate) fn etcd(etcd: impl Into<String>) -> impl FnOnce(String) -> BenchError {
         let etcd = etcd.into();
         move |message| BenchError::Etcd { etcd, message }
+    }
+
+    /// [`BenchError::etcd`] for a client error.
+    pub(crate) fn etcd_client(
+        etcd: impl Into<String>,
+    ) -> impl FnOnce(etcd_client::Error) -> BenchError {
+        let etcd = etcd.into();
+        move |e| BenchError::Etcd {
+            etcd,
+            message: e.to_string(),
+        }
+    }
+
+    pub(crate) fn cilium(e: impl std::fmt::Display) -> BenchError {
+        BenchError::Cilium(e.to_string())
     }
 }

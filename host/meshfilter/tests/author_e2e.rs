@@ -6,16 +6,14 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Child;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use meshfilter_local_etcd::EtcdServer;
 
-mod common;
-use common::{
-    cargo_in, etcdctl, filter_new_target, http_get, meshfilter_in, output_text, put_canaries,
-    spawn_meshfilter, stop, wait_ready, workspace,
-};
-use meshfilter_local_etcd::free_port;
+use meshfilter_tests::cargo::{cargo_in, filter_new_target, workspace};
+use meshfilter_tests::etcdctl::{etcdctl, put_canaries};
+use meshfilter_tests::process::{http_get, output_text, stop, wait_ready};
+use meshfilter_tests::{free_port, meshfilter_binary};
 
 /// Endpoints of the remote cluster, all on its node in us-east-1, all exported globally.
 const ENDPOINTS: usize = 40;
@@ -52,7 +50,7 @@ fn edit(lib: &Path) {
 
 /// Runs `meshfilter`, asserting success; returns its output.
 fn run_ok(args: &[&str], cwd: &Path) -> String {
-    let out = meshfilter_in(args, cwd);
+    let out = meshfilter_binary!().run_in(args, cwd);
     assert!(
         out.status.success(),
         "meshfilter {args:?}: {}",
@@ -94,12 +92,11 @@ fn status(addr: &str) -> serde_json::Value {
     serde_json::from_str(&http_get(&format!("http://{addr}/status"))).unwrap_or_default()
 }
 
-fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+fn wait_for(what: &str, timeout: Duration, done: impl FnMut() -> bool) {
+    assert!(
+        meshfilter_tests::wait_for(timeout, done),
+        "timed out waiting for {what}"
+    );
 }
 
 struct Mesh {
@@ -121,7 +118,7 @@ impl Mesh {
             ),
         )
         .unwrap();
-        let child = spawn_meshfilter(&["mesh", "--config", config.to_str().unwrap()]);
+        let child = meshfilter_binary!().spawn(&["mesh", "--config", config.to_str().unwrap()]);
         wait_ready(&addr, "mesh did not sync");
         Mesh {
             child,
@@ -320,7 +317,7 @@ fn a_filter_goes_from_filter_new_through_canary_to_production_and_rolls_back_by_
             "{report}"
         );
         // The same diff as a CI gate.
-        let gate = meshfilter_in(
+        let gate = meshfilter_binary!().run_in(
             &[
                 "filter",
                 "diff",

@@ -1,11 +1,13 @@
 //! `meshfilter filter new`: the crate it writes builds to a module that passes
 //! `filter check` and `filter test`, and its native tests pass, untouched.
 
-mod common;
-use common::{
-    cargo_in as cargo, filter_new_target, meshfilter_in as meshfilter, output_text as text,
-    workspace,
-};
+use meshfilter_tests::cargo::{cargo_in as cargo, filter_new_target, workspace};
+use meshfilter_tests::meshfilter_binary;
+use meshfilter_tests::process::output_text as text;
+
+fn meshfilter(args: &[&str], cwd: &std::path::Path) -> std::process::Output {
+    meshfilter_binary!().run_in(args, cwd)
+}
 
 #[test]
 fn a_new_filter_builds_checks_and_passes_its_tests() {

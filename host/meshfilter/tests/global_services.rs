@@ -5,9 +5,10 @@
 
 use meshfilter_local_etcd::EtcdServer;
 
-mod common;
-use common::{etcdctl, put_canaries, spawn_meshfilter, wait_ready};
 use meshfilter_local_etcd::free_port;
+use meshfilter_tests::etcdctl::{etcdctl, put_canaries};
+use meshfilter_tests::meshfilter_binary;
+use meshfilter_tests::process::{stop, wait_ready};
 
 const SERVICE: &str = r#"{"cluster":"remote1","namespace":"shop","name":"web","frontends":{"10.96.0.10":{"http":{"Protocol":"TCP","Port":80}}},"backends":{"10.7.0.10":{"http":{"Protocol":"TCP","Port":8080}},"10.7.0.11":{"http":{"Protocol":"TCP","Port":8080}}},"labels":{},"selector":{"app":"web"},"includeExternal":true,"shared":true,"clusterID":7}"#;
 
@@ -92,7 +93,8 @@ fn a_pod_kept_out_of_endpoint_sync_is_still_a_global_service_backend() {
         ),
     )
     .unwrap();
-    let mut exporter = spawn_meshfilter(&["export", "--config", export_config.to_str().unwrap()]);
+    let mut exporter =
+        meshfilter_binary!().spawn(&["export", "--config", export_config.to_str().unwrap()]);
     wait_ready(&export_addr, "export");
 
     // The consuming cluster's meshfilter mesh reads remote1 from the export etcd.
@@ -114,7 +116,7 @@ fn a_pod_kept_out_of_endpoint_sync_is_still_a_global_service_backend() {
         ),
     )
     .unwrap();
-    let mut mesh = spawn_meshfilter(&["mesh", "--config", mesh_config.to_str().unwrap()]);
+    let mut mesh = meshfilter_binary!().spawn(&["mesh", "--config", mesh_config.to_str().unwrap()]);
     wait_ready(&mesh_addr, "mesh");
 
     let l = local.endpoint();
@@ -148,6 +150,6 @@ fn a_pod_kept_out_of_endpoint_sync_is_still_a_global_service_backend() {
         SERVICE,
         "the global service is mirrored verbatim, the kept-out pod among its backends"
     );
-    common::stop(&mut mesh, "mesh");
-    common::stop(&mut exporter, "export");
+    stop(&mut mesh, "mesh");
+    stop(&mut exporter, "export");
 }

@@ -8,12 +8,13 @@ use std::time::{Duration, Instant};
 
 use meshfilter_local_etcd::EtcdServer;
 
-mod common;
-use common::{etcdctl, http_get, put_canaries, wait_ready};
 use meshfilter_local_etcd::free_port;
+use meshfilter_tests::etcdctl::{etcdctl, put_canaries};
+use meshfilter_tests::meshfilter_binary;
+use meshfilter_tests::process::{http_get, wait_ready};
 
 fn stop(mesh: &mut Child) {
-    common::stop(mesh, "mesh");
+    meshfilter_tests::process::stop(mesh, "mesh");
 }
 
 const GLOBAL: &str = r#"{"IP":"10.7.0.10","HostIP":"172.30.0.1","ID":459009,"Key":0,"Metadata":"","K8sNamespace":"shop","K8sPodName":"web-0","SyncScope":"global"}"#;
@@ -87,7 +88,7 @@ impl Setup {
 }
 
 fn spawn_mesh(config: &Path) -> Child {
-    common::spawn_meshfilter(&[
+    meshfilter_binary!().spawn(&[
         "mesh",
         "--config",
         config.to_str().unwrap(),

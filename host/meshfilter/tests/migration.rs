@@ -10,9 +10,10 @@ use std::time::{Duration, Instant};
 use etcd_client::{Client, EventType, GetOptions, LockOptions, WatchOptions};
 use meshfilter_local_etcd::EtcdServer;
 
-mod common;
-use common::{etcdctl, http_get, put_canaries};
 use meshfilter_local_etcd::free_port;
+use meshfilter_tests::etcdctl::{etcdctl, put_canaries};
+use meshfilter_tests::meshfilter_binary;
+use meshfilter_tests::process::{http_get, stop};
 
 const CLUSTER_CONFIG: &str =
     r#"{"id":7,"capabilities":{"syncedCanaries":true,"maxConnectedClusters":255}}"#;
@@ -171,7 +172,7 @@ async fn kvstoremesh_keys_are_taken_over_without_a_delete() {
         ),
     )
     .unwrap();
-    let mut mesh = common::spawn_meshfilter(&["mesh", "--config", config.to_str().unwrap()]);
+    let mut mesh = meshfilter_binary!().spawn(&["mesh", "--config", config.to_str().unwrap()]);
     let deadline = Instant::now() + Duration::from_secs(20);
     while !http_get(&format!("http://{addr}/status")).contains("\"leader\":false") {
         assert!(Instant::now() < deadline, "mesh never reported standby");
@@ -217,7 +218,7 @@ async fn kvstoremesh_keys_are_taken_over_without_a_delete() {
         assert_ne!(*lease, session, "{key}");
     }
 
-    common::stop(&mut mesh, "mesh");
+    stop(&mut mesh, "mesh");
     // The watch has seen the takeover's writes (one revision after the other, so once the
     // last rewrite is there every earlier event is too).
     let deadline = Instant::now() + Duration::from_secs(10);

@@ -8,202 +8,29 @@
 //! so the import filter keeps it out of A's cache: its first SYN misses. Pod .8 is global
 //! and synced: it connects at once.
 
-use std::io::{Read, Write};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::os::fd::AsRawFd;
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use meshfilter_local_etcd::EtcdServer;
 use meshfilter_node::{Attachment, Datapath, DatapathConfig, Direction, MeshView, MissVerdict};
 
-mod common;
-use common::{etcdctl, http_get, put_canaries};
-use meshfilter_local_etcd::free_port;
+use meshfilter_tests::etcdctl::{etcdctl, put_canaries};
+use meshfilter_tests::free_port;
+use meshfilter_tests::netns::{Pods, Server, connect_from, in_netns, sh};
+use meshfilter_tests::process::http_get;
 
 fn stop(node: &mut Child) {
-    common::stop(node, "node");
+    meshfilter_tests::process::stop(node, "node");
 }
 
 const REGIONAL: &str = r#"{"IP":"198.51.100.7","HostIP":"203.0.113.2","ID":131073,"Key":0,"Metadata":"","K8sNamespace":"shop","K8sPodName":"db-0","SyncScope":"regional"}"#;
 const GLOBAL: &str = r#"{"IP":"198.51.100.8","HostIP":"203.0.113.2","ID":131074,"Key":0,"Metadata":"","K8sNamespace":"shop","K8sPodName":"web-0","SyncScope":"global"}"#;
 const POD_B_REGIONAL: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
 const POD_B_GLOBAL: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 8);
-const PORT: u16 = 8080;
-
-/// Runs a command; panics with its stderr on failure, returns its stdout.
-fn sh(args: &[&str]) -> Vec<u8> {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .expect(args[0]);
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
-}
-
-/// Two pods bridged through the root namespace. Deleted on drop.
-struct Pods {
-    ns_a: String,
-    ns_b: String,
-    bridge: String,
-    host_a: String,
-    host_b: String,
-}
-
-impl Pods {
-    fn new(tag: &str) -> Pods {
-        let id = std::process::id() % 10_000;
-        let p = Pods {
-            ns_a: format!("mf-{tag}{id}-a"),
-            ns_b: format!("mf-{tag}{id}-b"),
-            bridge: format!("mf{tag}{id}br"),
-            host_a: format!("mf{tag}{id}a"),
-            host_b: format!("mf{tag}{id}b"),
-        };
-        p.cleanup();
-        for ns in [&p.ns_a, &p.ns_b] {
-            sh(&["ip", "netns", "add", ns]);
-            sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
-        }
-        sh(&["ip", "link", "add", &p.bridge, "type", "bridge"]);
-        sh(&["ip", "link", "set", &p.bridge, "up"]);
-        for (host, ns, addr) in [
-            (&p.host_a, &p.ns_a, "203.0.113.1/24"),
-            (&p.host_b, &p.ns_b, "203.0.113.2/24"),
-        ] {
-            sh(&[
-                "ip", "link", "add", host, "type", "veth", "peer", "name", "eth0", "netns", ns,
-            ]);
-            sh(&["ip", "link", "set", host, "master", &p.bridge, "up"]);
-            sh(&["ip", "-n", ns, "addr", "add", addr, "dev", "eth0"]);
-            sh(&["ip", "-n", ns, "link", "set", "eth0", "up"]);
-        }
-        for addr in ["198.51.100.7/32", "198.51.100.8/32"] {
-            sh(&["ip", "-n", &p.ns_b, "addr", "add", addr, "dev", "lo"]);
-        }
-        for net in ["198.51.100.0/24", "198.18.0.0/15"] {
-            sh(&[
-                "ip",
-                "-n",
-                &p.ns_a,
-                "route",
-                "add",
-                net,
-                "via",
-                "203.0.113.2",
-            ]);
-        }
-        p
-    }
-
-    fn cleanup(&self) {
-        for ns in [&self.ns_a, &self.ns_b] {
-            let _ = Command::new("ip")
-                .args(["netns", "del", ns])
-                .stderr(Stdio::null())
-                .status();
-        }
-        for link in [&self.host_a, &self.host_b, &self.bridge] {
-            let _ = Command::new("ip")
-                .args(["link", "del", link])
-                .stderr(Stdio::null())
-                .status();
-        }
-    }
-}
-
-impl Drop for Pods {
-    fn drop(&mut self) {
-        self.cleanup();
-    }
-}
-
-/// Runs `f` on a thread inside network namespace `ns`.
-fn in_netns<T: Send + 'static>(
-    ns: &str,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> std::thread::JoinHandle<T> {
-    let path = format!("/run/netns/{ns}");
-    std::thread::spawn(move || {
-        let file = std::fs::File::open(&path).expect("netns file");
-        // SAFETY: setns on this thread only, with a valid namespace fd.
-        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "setns {path}");
-        f()
-    })
-}
-
-/// A TCP echo-once server in pod B on both addresses.
-struct Server {
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Server {
-    fn start(ns: &str) -> Server {
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let thread = in_netns(ns, move || {
-            let listener = TcpListener::bind(("0.0.0.0", PORT)).expect("bind in pod B");
-            listener.set_nonblocking(true).unwrap();
-            ready_tx.send(()).unwrap();
-            while !flag.load(Ordering::Relaxed) {
-                match listener.accept() {
-                    Ok((mut stream, _)) => {
-                        stream.set_nonblocking(false).unwrap();
-                        let _ = stream.write_all(b"hello from cluster B\n");
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
-                }
-            }
-        });
-        ready_rx
-            .recv_timeout(Duration::from_secs(5))
-            .expect("server ready");
-        Server {
-            stop,
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-/// Connects from pod A; returns how long establishing took, or the error.
-fn connect_from(ns: &str, to: Ipv4Addr, timeout: Duration) -> Result<Duration, String> {
-    in_netns(ns, move || {
-        let started = Instant::now();
-        let mut stream = TcpStream::connect_timeout(&SocketAddr::from((to, PORT)), timeout)
-            .map_err(|e| format!("{e} after {:?}", started.elapsed()))?;
-        let took = started.elapsed();
-        let mut greeting = String::new();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(2)))
-            .unwrap();
-        stream
-            .read_to_string(&mut greeting)
-            .map_err(|e| e.to_string())?;
-        assert_eq!(greeting, "hello from cluster B\n");
-        Ok(took)
-    })
-    .join()
-    .expect("client thread")
-}
 
 /// Cluster A's local etcd, cluster B's etcd with a node (pod CIDR 198.51.100.0/24,
 /// us-east-1) and two endpoints, and `meshfilter mesh` for cluster A (eu-west-1).
@@ -1093,4 +920,97 @@ fn resolved_entries_expire_with_their_pin() {
         "missed again, took {took:?}"
     );
     stop(&mut node);
+}
+
+/// The prefixes of a standalone ipcache as bpftool reads it, each with its identity and
+/// tunnel endpoint, decoded from Cilium's layout (key: prefixlen counting the 32 bits of
+/// cluster ID, pad and family; family at byte 7; the address from byte 8. Value:
+/// identity, then the IPv4 tunnel endpoint).
+fn ipcache_prefixes(map_id: u64) -> BTreeMap<String, (u32, [u8; 4])> {
+    bpftool_dump(map_id)
+        .into_iter()
+        .map(|(k, v)| {
+            let bits = u32::from_ne_bytes(k[0..4].try_into().unwrap()) - 32;
+            let addr = match k[7] {
+                1 => IpAddr::from(<[u8; 4]>::try_from(&k[8..12]).unwrap()),
+                2 => IpAddr::from(<[u8; 16]>::try_from(&k[8..24]).unwrap()),
+                family => panic!("family {family} in {k:?}"),
+            };
+            let identity = u32::from_ne_bytes(v[0..4].try_into().unwrap());
+            let tunnel = <[u8; 4]>::try_from(&v[4..8]).unwrap();
+            (format!("{addr}/{bits}"), (identity, tunnel))
+        })
+        .collect()
+}
+
+/// The state `meshfilter node` owns is its program's maps. After `kill -9` and a restart
+/// they must hold exactly what the local cache says: every cached entry reinstalled
+/// (the resolved one included while its pin lasts), and once the pin runs out, no /32 of
+/// it left behind; and the address resolves again on its next miss.
+#[test]
+fn after_kill_9_and_restart_the_maps_hold_exactly_the_cache() {
+    let mesh = Mesh::start_with("resolve: {pinTtl: 8s}\n");
+    let pods = Pods::new("k");
+    let _server = Server::start(&pods.ns_b);
+    let (config, listen) = mesh.node_config("restart", &pods.host_a, "");
+    let mut node = spawn_node(&config, &listen);
+    connect_from(&pods.ns_a, POD_B_REGIONAL, Duration::from_secs(5)).expect("resolved");
+    let first_map = status(&listen)["ipcacheMapId"].as_u64().unwrap();
+    assert!(ipcache_prefixes(first_map).contains_key("198.51.100.7/32"));
+
+    node.kill().unwrap();
+    node.wait().unwrap();
+    assert_eq!(
+        attached(&pods.host_a),
+        0,
+        "the killed agent's program is gone"
+    );
+
+    let mut node = spawn_node(&config, &listen);
+    assert_eq!(attached(&pods.host_a), 1, "attached once after the restart");
+    let map = status(&listen)["ipcacheMapId"].as_u64().unwrap();
+    let cache_has_regional = || {
+        !etcdctl(
+            &mesh.local.endpoint(),
+            &["get", "cilium/cache/ip/v1/cluster-b/198.51.100.7"],
+        )
+        .is_empty()
+    };
+    assert!(
+        cache_has_regional(),
+        "the restart took longer than the 8 s pin; the test needs a longer pin"
+    );
+    let tunnel = [203, 0, 113, 2];
+    // What the cache holds now: the synced pod, the pinned resolved pod, the remote pod
+    // CIDR as world tunnelled to its node, and the world default routes.
+    let mut want: BTreeMap<String, (u32, [u8; 4])> = BTreeMap::from([
+        ("0.0.0.0/0".to_string(), (9, [0; 4])),
+        ("::/0".to_string(), (10, [0; 4])),
+        ("198.51.100.0/24".to_string(), (9, tunnel)),
+        ("198.51.100.8/32".to_string(), (131_074, tunnel)),
+        ("198.51.100.7/32".to_string(), (131_073, tunnel)),
+    ]);
+    assert!(
+        meshfilter_tests::wait_for(Duration::from_secs(5), || ipcache_prefixes(map) == want),
+        "after the restart, while pinned: {:?}, want {want:?}",
+        ipcache_prefixes(map)
+    );
+
+    // The pin runs out: the entry leaves the cache, and the map with it.
+    want.remove("198.51.100.7/32");
+    assert!(
+        meshfilter_tests::wait_for(Duration::from_secs(20), || ipcache_prefixes(map) == want),
+        "after the pin ran out: {:?}, want {want:?}",
+        ipcache_prefixes(map)
+    );
+    assert!(!cache_has_regional(), "the resolved entry left the cache");
+
+    // Nothing stale: the next connection misses again and is resolved again.
+    let took = connect_from(&pods.ns_a, POD_B_REGIONAL, Duration::from_secs(5)).expect("again");
+    assert!(
+        took >= Duration::from_millis(900),
+        "missed and resolved again, took {took:?}"
+    );
+    stop(&mut node);
+    assert_eq!(attached(&pods.host_a), 0);
 }

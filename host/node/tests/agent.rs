@@ -19,8 +19,8 @@ use meshfilter_node::{
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
-mod common;
-use common::{put_cluster_b, wait_for};
+use meshfilter_tests::cache::put_cluster_b;
+use meshfilter_tests::wait_until;
 
 const POD: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
 
@@ -68,7 +68,7 @@ async fn a_full_ipcache_is_a_failed_install() {
     let view = MeshView::new(dp.clone(), Vec::new(), false);
     let cancel = CancellationToken::new();
     let view_task = tokio::spawn(view.clone().run(client.clone(), cancel.clone()));
-    wait_for(
+    wait_until(
         Duration::from_secs(20),
         "listed",
         || view.status().synced && view.status().mesh_cidrs == 1,
@@ -92,7 +92,7 @@ async fn a_full_ipcache_is_a_failed_install() {
     for i in 1..=4 {
         send(&dp, remote(i)).await;
     }
-    wait_for(
+    wait_until(
         Duration::from_secs(10),
         "every miss handled",
         || outcome(&agent, "installed") + outcome(&agent, "map-full") == 4,
@@ -223,7 +223,7 @@ async fn a_slow_miss_hook_does_not_stall_the_agent() {
         }
     });
     send(&dp, remote(7)).await;
-    wait_for(
+    wait_until(
         Duration::from_secs(10),
         "the miss decided and handled",
         || outcome(&agent, "not-found") == 1,

@@ -13,8 +13,8 @@ use meshfilter_local_etcd::EtcdServer;
 use meshfilter_node::{Datapath, DatapathConfig, MeshView};
 use tokio_util::sync::CancellationToken;
 
-mod common;
-use common::{delete_endpoint, put_cluster_b, put_endpoint, wait_for};
+use meshfilter_tests::cache::{delete_endpoint, put_cluster_b, put_endpoint};
+use meshfilter_tests::wait_until;
 
 fn addr(s: &str) -> IpAddr {
     s.parse().unwrap()
@@ -43,7 +43,7 @@ async fn follows_the_local_cache_and_drops_what_vanished() {
     let cancel = CancellationToken::new();
     let task = tokio::spawn(view.clone().run(client.clone(), cancel.clone()));
     let within = Duration::from_secs(20);
-    wait_for(
+    wait_until(
         within,
         "listed",
         || view.status().synced && identity(&dp, "198.51.100.8") == Some(131_074),
@@ -74,7 +74,7 @@ async fn follows_the_local_cache_and_drops_what_vanished() {
         "203.0.113.2",
     )
     .await;
-    wait_for(
+    wait_until(
         within,
         "changes applied",
         || {
@@ -91,7 +91,7 @@ async fn follows_the_local_cache_and_drops_what_vanished() {
     etcd.replace_with_fresh();
     let mut client = Client::connect([etcd.endpoint()], None).await.unwrap();
     put_cluster_b(&mut client, &[(addr("198.51.100.9"), 131_075)]).await;
-    wait_for(
+    wait_until(
         within,
         "relisted",
         || {

@@ -24,7 +24,6 @@
 mod check;
 mod filters;
 mod model;
-mod processes;
 mod report;
 mod wire;
 mod world;
@@ -42,9 +41,9 @@ pub use check::{Comparison, Difference};
 pub use report::ChaosReport;
 
 use crate::error::BenchError;
+use crate::process::Process;
 use filters::FilterSet;
 use model::{Expected, Want};
-use processes::Process;
 use world::{ClusterWorld, ResolveTarget, SourceWrite};
 
 /// The local cluster's name.
@@ -114,11 +113,7 @@ pub fn run(options: &ChaosOptions) -> Result<ChaosReport, BenchError> {
             options.remotes
         )));
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|e| BenchError::fixture("tokio runtime")(e.to_string()))?;
+    let rt = crate::runtime()?;
     let mut soak = Soak::start(options, rt)?;
     soak.wait_ready("the first leader to sync every remote")?;
     let churn = soak.churn()?;

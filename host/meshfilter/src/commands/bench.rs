@@ -1,240 +1,129 @@
-//! `meshfilter filter bench`: decision latency and throughput of one module.
-//!
-//! Three measurements on one thread: uncached Wasm decisions (memoisation off, so every
-//! decision runs the module), memoised Wasm decisions over many endpoints that share few
-//! identities, and, for the shipped cfp-scope filter, the same logic compiled natively.
+//! `meshfilter bench ...` and `meshfilter filter bench`: flags in, a benchmark of
+//! `meshfilter-bench` run, its exit code out. Each benchmark prints its own figures.
 
-use std::collections::BTreeMap;
-use std::hint::black_box;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use meshfilter_contract::labels;
-use meshfilter_filter_runtime::{EndpointInput, Hook, Locality};
+use anyhow::Context;
+use meshfilter_bench::{ChaosOptions, FilterBenchOptions, MeshBenchOptions, NodeBenchOptions};
+use meshfilter_whatif::{SyntheticMesh, synthetic};
 
-use crate::cli::BenchArgs;
+use crate::builtin;
+use crate::cli::{
+    BenchArgs, BenchChaosArgs, BenchDiffArgs, BenchMeshArgs, BenchNodeArgs, DiffArgs,
+};
 
-/// Endpoints in the hot working set: recently parsed, in cache.
-const HOT_SET: usize = 1_000;
-
-pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
+/// `meshfilter filter bench`: the module loaded twice, memoisation off and on.
+pub fn filter(args: &BenchArgs) -> anyhow::Result<ExitCode> {
     let engine = super::engine()?;
     let local = super::locality(&args.module);
-    let endpoints = synthetic_endpoints(args.endpoints, args.identities.max(1), args.labels);
-    println!(
-        "endpoints: {} distinct, {} identities, {} labels each; {} decisions per uncached run",
-        endpoints.len(),
-        args.identities,
-        args.labels,
-        args.iterations
-    );
-
-    // What timing one call costs by itself, to read the figures below against.
-    let timer = measure(args.iterations, |i| {
-        black_box(i);
-    });
-    println!(
-        "timer overhead      p50 {:>7.0} ns (included in every per-decision figure)",
-        timer.p50.as_nanos() as f64
-    );
-
-    // Uncached: memoisation off, so every decision runs the module. Measured on a hot
-    // working set (as in the pipeline, where an endpoint is decided right after it was
-    // parsed) and on the whole cold set.
-    let uncached = super::load_single(&engine, &args.module, local.clone(), false)?;
-    let generation = uncached.current();
-    let hot = &endpoints[..endpoints.len().min(HOT_SET)];
-    for ep in hot {
-        black_box(generation.decide_export(ep, None));
-    }
-    let wasm = measure(args.iterations, |i| {
-        black_box(generation.decide_export(&hot[i % hot.len()], None));
-    });
-    report("wasm, uncached", &wasm);
-    let cold = measure(args.iterations.min(endpoints.len()), |i| {
-        black_box(generation.decide_export(&endpoints[(i * 7919) % endpoints.len()], None));
-    });
-    report("  (cold endpoints)", &cold);
-
-    let memoised = super::load_single(&engine, &args.module, local.clone(), true)?;
-    let generation = memoised.current();
-    let started = Instant::now();
-    for ep in &endpoints {
-        black_box(generation.decide_export(ep, None));
-    }
-    let first_pass = started.elapsed();
-    let calls = generation.memo_sizes(Hook::Export).iter().sum::<usize>();
-    let memo = measure(args.iterations, |i| {
-        black_box(generation.decide_export(&hot[i % hot.len()], None));
-    });
-    println!(
-        "wasm, memoised      first pass over {} endpoints: {:.1} ms, {} module calls ({} decision paths); {:.2} M effective decisions/s",
-        endpoints.len(),
-        first_pass.as_secs_f64() * 1e3,
-        calls,
-        calls,
-        endpoints.len() as f64 / first_pass.as_secs_f64() / 1e6
-    );
-    report("wasm, memoised", &memo);
-
-    let name = uncached
-        .info()
-        .modules
-        .first()
-        .map(|m| m.name.clone())
-        .unwrap_or_default();
-    if name == "cfp-scope" {
-        let native = native::measure_cfp_scope(&endpoints, &local, args.iterations)?;
-        report("native, cfp-scope", &native);
-        println!(
-            "wasm/native p50 ratio: {:.1}x",
-            wasm.p50.as_secs_f64() / native.p50.as_secs_f64().max(1e-12)
-        );
-    } else {
-        println!(
-            "(native comparison only for the shipped cfp-scope filter; this module is {name:?})"
-        );
-    }
+    meshfilter_bench::filter::run(&FilterBenchOptions {
+        uncached: super::load_single(&engine, &args.module, local.clone(), false)?,
+        memoised: super::load_single(&engine, &args.module, local, true)?,
+        iterations: args.iterations,
+        endpoints: args.endpoints,
+        identities: args.identities,
+        labels: args.labels,
+    })?;
     Ok(ExitCode::SUCCESS)
 }
 
-/// Latency distribution of one run.
-pub struct Measurement {
-    pub count: usize,
-    pub total: Duration,
-    pub p50: Duration,
-    pub p99: Duration,
+pub fn mesh(args: &BenchMeshArgs) -> anyhow::Result<ExitCode> {
+    meshfilter_bench::mesh::run(&MeshBenchOptions {
+        binary: this_binary()?,
+        remotes: args.remotes,
+        endpoints: args.endpoints,
+        opted_in: args.opted_in,
+        identities: args.identities,
+        nodes: args.nodes,
+        timeout: Duration::from_secs(args.timeout_secs),
+    })?;
+    Ok(ExitCode::SUCCESS)
 }
 
-/// Times `count` calls of `f(i)` one by one.
-pub fn measure(count: usize, mut f: impl FnMut(usize)) -> Measurement {
-    let mut samples = Vec::with_capacity(count);
-    let started = Instant::now();
-    for i in 0..count {
-        let t = Instant::now();
-        f(i);
-        samples.push(t.elapsed());
-    }
-    let total = started.elapsed();
-    samples.sort_unstable();
-    let at = |q: f64| {
-        samples
-            .get(((samples.len() as f64 * q) as usize).min(samples.len().saturating_sub(1)))
-            .copied()
-    };
-    Measurement {
-        count,
-        total,
-        p50: at(0.50).unwrap_or_default(),
-        p99: at(0.99).unwrap_or_default(),
-    }
+pub fn node(args: &BenchNodeArgs) -> anyhow::Result<ExitCode> {
+    meshfilter_bench::node::run(&NodeBenchOptions {
+        binary: this_binary()?,
+        addresses: args.addresses,
+        remote_addresses: args.remote_addresses,
+        interval: args.interval,
+        flood: args.flood,
+        filters: builtin::default_set(serde_json::Value::Null),
+    })?;
+    Ok(ExitCode::SUCCESS)
 }
 
-fn report(label: &str, m: &Measurement) {
-    println!(
-        "{label:<19} p50 {:>7.0} ns   p99 {:>7.0} ns   {:>6.2} M decisions/s ({} decisions)",
-        m.p50.as_nanos() as f64,
-        m.p99.as_nanos() as f64,
-        m.count as f64 / m.total.as_secs_f64() / 1e6,
-        m.count
+/// `filter diff` over a synthetic mesh of production size: stock Cilium (cfp-scope
+/// opt-out) against the CFP default (opt-in).
+pub fn diff(args: &BenchDiffArgs) -> anyhow::Result<ExitCode> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("snapshot.json");
+    let made = Instant::now();
+    let snapshot = synthetic(&SyntheticMesh {
+        clusters: args.clusters,
+        endpoints: args.endpoints,
+        opted_in_percent: args.opted_in,
+    });
+    snapshot.write(&path)?;
+    let bytes = std::fs::metadata(&path)?.len();
+    eprintln!(
+        "snapshot: {} clusters x {} endpoints, {:.1} MB, written in {:.1} s",
+        args.clusters,
+        args.endpoints,
+        bytes as f64 / 1e6,
+        made.elapsed().as_secs_f64()
     );
+    drop(snapshot);
+    let started = Instant::now();
+    let code = super::diff::run(&DiffArgs {
+        old: "builtin:cfp-scope".into(),
+        new: "builtin:cfp-scope".into(),
+        snapshot: path,
+        old_config: Some(r#"{"default": "opt-out"}"#.into()),
+        new_config: Some(r#"{"default": "opt-in"}"#.into()),
+        json: false,
+        top: 10,
+        max_stopped: None,
+        max_removed: None,
+        threads: args.threads,
+    })?;
+    eprintln!(
+        "filter diff, snapshot read included: {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(code)
 }
 
-/// Namespace, labels and annotations shared by the endpoints of one identity.
-type LabelSet = (String, BTreeMap<String, String>, BTreeMap<String, String>);
-
-/// Endpoints spread over `identities` label sets; 5% opted in, some regional.
-pub fn synthetic_endpoints(
-    count: usize,
-    identities: usize,
-    label_count: usize,
-) -> Vec<Arc<EndpointInput>> {
-    let sets: Vec<LabelSet> = (0..identities)
-        .map(|i| {
-            let mut l = BTreeMap::new();
-            let candidates = [
-                ("app", format!("svc-{}", i % 500)),
-                ("tier", ["web", "api", "db"][i % 3].to_string()),
-                ("team", format!("team-{}", i % 40)),
-                ("version", format!("v{}", i % 7)),
-                ("component", format!("c{}", i % 13)),
-                ("env", "prod".to_string()),
-                ("owner", format!("o{}", i % 17)),
-                ("cost-center", format!("cc{}", i % 11)),
-                ("release", format!("r{i}")),
-            ];
-            for (k, v) in candidates.into_iter().take(label_count.saturating_sub(1)) {
-                l.insert(format!("app.kubernetes.io/{k}"), v);
-            }
-            if i % 20 == 0 {
-                l.insert(labels::SYNC.to_string(), "true".to_string());
-            } else if label_count > 0 {
-                l.insert("pod-template-hash".to_string(), format!("{i:08x}"));
-            }
-            let mut a = BTreeMap::new();
-            if i % 60 == 0 {
-                a.insert(labels::SYNC_SCOPE.to_string(), "regional".to_string());
-            }
-            (format!("ns-{}", i % 200), l, a)
-        })
-        .collect();
-    (0..count)
-        .map(|j| {
-            let (ns, labels, annotations) = &sets[j % identities];
-            Arc::new(EndpointInput {
-                namespace: ns.clone(),
-                pod_name: format!("pod-{j}"),
-                ip: format!("10.{}.{}.{}", (j >> 16) & 0xff, (j >> 8) & 0xff, j & 0xff),
-                node_ip: Some(format!("172.16.{}.{}", (j >> 8) & 0x3f, j & 0xff)),
-                identity: 65_536 + (j % identities) as u32,
-                labels: labels.clone(),
-                annotations: annotations.clone(),
-                origin: Locality::cluster("bench"),
-                ..Default::default()
-            })
-        })
-        .collect()
+pub fn chaos(args: &BenchChaosArgs) -> anyhow::Result<ExitCode> {
+    let seed = args.seed.unwrap_or_else(clock_seed);
+    println!("chaos soak: seed {seed}");
+    let report = meshfilter_bench::chaos::run(&ChaosOptions {
+        binary: this_binary()?,
+        minutes: args.minutes,
+        remotes: args.remotes,
+        endpoints: args.endpoints,
+        seed,
+        logs: args.logs.clone(),
+    })?;
+    println!("{report}");
+    Ok(if report.passed() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
-pub mod native {
-    //! The cfp-scope filter compiled natively, run through the guest SDK's native harness:
-    //! the same Rust code as the module, without Wasm.
-    use meshfilter_guest_sdk::{Endpoint, Filter, testing};
+/// This binary: the benchmarks run it as `meshfilter mesh` and `meshfilter export`.
+fn this_binary() -> anyhow::Result<std::path::PathBuf> {
+    std::env::current_exe().context("finding the meshfilter binary")
+}
 
-    use super::*;
-
-    pub fn measure_cfp_scope(
-        endpoints: &[Arc<EndpointInput>],
-        local: &Locality,
-        iterations: usize,
-    ) -> anyhow::Result<Measurement> {
-        let mut sdk_local = meshfilter_guest_sdk::Locality::new(local.cluster.clone());
-        sdk_local.zone = local.zone.clone();
-        sdk_local.region = local.region.clone();
-        testing::set_local(sdk_local);
-        let filter: cfp_scope::CfpScope = testing::load("null").map_err(|e| anyhow::anyhow!(e))?;
-        // Native endpoints are built up front: the measurement is the decision alone.
-        let native: Vec<Endpoint> = endpoints
-            .iter()
-            .take(iterations.min(endpoints.len()))
-            .map(|ep| {
-                let mut b = Endpoint::builder()
-                    .namespace(ep.namespace.clone())
-                    .pod_name(ep.pod_name.clone())
-                    .ip(ep.ip.clone())
-                    .identity(ep.identity);
-                for (k, v) in &ep.labels {
-                    b = b.label(k.clone(), v.clone());
-                }
-                for (k, v) in &ep.annotations {
-                    b = b.annotation(k.clone(), v.clone());
-                }
-                b.build()
-            })
-            .collect();
-        Ok(measure(iterations, |i| {
-            black_box(filter.export(&native[i % native.len()]));
-        }))
-    }
+/// A seed from the clock and the process ID: different on every run, printed so the run
+/// can be replayed.
+fn clock_seed() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or_default();
+    nanos ^ (u64::from(std::process::id()) << 32)
 }

@@ -1,18 +1,12 @@
 //! Command implementations.
 
 mod bench;
-mod bench_chaos;
-mod bench_diff;
-mod bench_mesh;
-mod bench_node;
 mod check;
 mod demo;
-mod demo_mesh;
 mod diff;
 mod export;
 mod filter_get;
 mod filter_new;
-mod fixtures;
 mod mesh;
 mod node;
 mod serve;
@@ -37,7 +31,7 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Filter(FilterCommand::Check(args)) => check::run(&args),
         Command::Filter(FilterCommand::Test(args)) => test::run(&args),
-        Command::Filter(FilterCommand::Bench(args)) => bench::run(&args),
+        Command::Filter(FilterCommand::Bench(args)) => bench::filter(&args),
         Command::Filter(FilterCommand::Diff(args)) => diff::run(&args),
         Command::Snapshot(args) => snapshot::run(&args),
         Command::Filter(FilterCommand::Get(args)) => filter_get::run(&args),
@@ -46,10 +40,10 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Mesh(args) => mesh::run(&args),
         Command::Export(args) => export::run(&args),
         Command::Node(args) => node::run(&args),
-        Command::Bench(BenchCommand::Mesh(args)) => bench_mesh::run(&args),
-        Command::Bench(BenchCommand::Node(args)) => bench_node::run(&args),
-        Command::Bench(BenchCommand::Diff(args)) => bench_diff::run(&args),
-        Command::Bench(BenchCommand::Chaos(args)) => bench_chaos::run(&args),
+        Command::Bench(BenchCommand::Mesh(args)) => bench::mesh(&args),
+        Command::Bench(BenchCommand::Node(args)) => bench::node(&args),
+        Command::Bench(BenchCommand::Diff(args)) => bench::diff(&args),
+        Command::Bench(BenchCommand::Chaos(args)) => bench::chaos(&args),
         Command::Status(args) => mesh::print_status(&args.addr, args.json),
         Command::Explain(args) => mesh::print_explain(&args.addr, &args.target),
     }

@@ -1,21 +1,17 @@
-//! Fixtures shared by the node's integration tests: Cilium-shaped values written into a
-//! real etcd (built with `meshfilter-cilium` types), and waiting on conditions.
-
-#![allow(
-    dead_code,
-    reason = "each test binary uses a different part of the shared helpers"
-)]
+//! What kvstoremesh (or `meshfilter mesh`) writes into a cluster's local cache, the view
+//! node agents read: cluster configs, remote nodes with pod CIDRs, endpoints. Built with
+//! `meshfilter-cilium`'s types, so they are the values Cilium writes.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::time::{Duration, Instant};
 
+use etcd_client::Client;
 use meshfilter_cilium::keys::cluster_config_key;
 use meshfilter_cilium::node::{INTERNAL_IP, NodeAddress};
 use meshfilter_cilium::{CiliumClusterConfig, ClusterName, IpIdentityPair, Node, Resource};
 use meshfilter_contract::labels::TOPOLOGY_REGION;
-use meshfilter_etcd::Client;
 
+/// A cluster name the tests know is valid.
 pub fn cluster(name: &str) -> ClusterName {
     ClusterName::new(name).unwrap()
 }
@@ -109,19 +105,4 @@ pub async fn delete_endpoint(client: &mut Client, name: &str, addr: IpAddr) {
         )
         .await
         .unwrap();
-}
-
-/// Polls `condition` until it holds; panics with `what` (and the last state `describe`
-/// gives) after `within`.
-pub async fn wait_for(
-    within: Duration,
-    what: &str,
-    mut condition: impl FnMut() -> bool,
-    describe: impl Fn() -> String,
-) {
-    let deadline = Instant::now() + within;
-    while !condition() {
-        assert!(Instant::now() < deadline, "{what}: {}", describe());
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }

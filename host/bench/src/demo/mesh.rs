@@ -11,34 +11,32 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
 use meshfilter_cilium::{ClusterName, IpIdentityPair, Resource};
 use meshfilter_etcd::{Backoff, EtcdConfig};
-use meshfilter_filter_runtime::{ExportDecision, FilterEngine, FilterRuntime};
+use meshfilter_filter_runtime::{BuiltinSet, ExportDecision, FilterEngine, FilterRuntime};
 use meshfilter_local_etcd::EtcdServer;
 use meshfilter_sync::{
     RemoteCluster, RemoteOptions, RemoteStatusHandle, SyncMetrics, TargetWriter, WriterConfig,
 };
 use tokio_util::sync::CancellationToken;
 
-use super::demo::{Sample, SampleCluster, short};
+use super::{Sample, SampleCluster, short};
+use crate::error::BenchError;
+use crate::fixtures;
 
-pub fn run(
+pub(super) fn run(
     sample: &Sample,
-    config: serde_json::Value,
+    filters: &BuiltinSet,
     engine: Arc<FilterEngine>,
-) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(run_async(sample, config, engine))
+) -> Result<(), BenchError> {
+    crate::runtime()?.block_on(run_async(sample, filters, engine))
 }
 
 async fn run_async(
     sample: &Sample,
-    config: serde_json::Value,
+    filters: &BuiltinSet,
     engine: Arc<FilterEngine>,
-) -> anyhow::Result<()> {
+) -> Result<(), BenchError> {
     println!(
         "meshfilter demo: {} clusters, one real etcd each, cfp-scope on export and import\n",
         sample.clusters.len()
@@ -46,23 +44,29 @@ async fn run_async(
     let mut servers = Vec::new();
     for c in &sample.clusters {
         let server = tokio::task::block_in_place(|| EtcdServer::try_start(&c.name))
-            .map_err(anyhow::Error::msg)?;
+            .map_err(BenchError::fixture(format!("etcd {}", c.name)))?;
         println!("  started etcd for {:<10} at {}", c.name, server.endpoint());
         servers.push(server);
     }
     let runtimes =
-        tokio::task::block_in_place(|| super::demo::cluster_runtimes(sample, &config, &engine))?;
+        tokio::task::block_in_place(|| super::cluster_runtimes(sample, filters, &engine))?;
 
     // Export side: each cluster's etcd receives what its export hook lets out.
     let mut clients = Vec::new();
     let mut exported_counts = Vec::new();
     for (i, (c, server)) in sample.clusters.iter().zip(&servers).enumerate() {
-        let client = etcd_client::Client::connect([server.endpoint()], None).await?;
+        let client = etcd_client::Client::connect([server.endpoint()], None)
+            .await
+            .map_err(BenchError::etcd_client(&c.name))?;
         let cluster_id = i as u32 + 1;
         let (kvs, exported) = export_cluster(c, cluster_id, &runtimes[i])?;
+        // One put each: endpoints of one identity write its key again, which one
+        // transaction may not.
         let mut kv = client.kv_client();
         for (k, v) in kvs {
-            kv.put(k, v, None).await?;
+            kv.put(k, v, None)
+                .await
+                .map_err(BenchError::etcd_client(&c.name))?;
         }
         exported_counts.push(exported);
         clients.push(client);
@@ -88,7 +92,7 @@ async fn run_async(
                 continue;
             }
             let remote = RemoteCluster::new(
-                ClusterName::new(other.name.clone())?,
+                ClusterName::new(other.name.clone()).map_err(BenchError::cilium)?,
                 EtcdConfig::plain([servers[j].endpoint()]),
                 writer.clone(),
                 runtimes[i].clone(),
@@ -107,7 +111,9 @@ async fn run_async(
     let deadline = Instant::now() + Duration::from_secs(60);
     while !handles.iter().flatten().all(|(_, h)| h.snapshot().synced) {
         if Instant::now() > deadline {
-            bail!("the mesh did not sync within 60 s");
+            return Err(BenchError::Timeout {
+                what: "the demo mesh to sync (60 s)".into(),
+            });
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -138,7 +144,8 @@ async fn run_async(
                             .with_count_only(),
                     ),
                 )
-                .await?
+                .await
+                .map_err(BenchError::etcd_client(&c.name))?
                 .count() as usize;
             cached_total += cache;
             let stats = handle.snapshot().endpoints;
@@ -155,7 +162,8 @@ async fn run_async(
         }
         let config = kv
             .get(format!("cilium/cluster-config/{}", handles[i][0].0), None)
-            .await?;
+            .await
+            .map_err(BenchError::etcd_client(&c.name))?;
         if let Some(kv) = config.kvs().first() {
             println!(
                 "  {:<10}    cluster config for {}: {}",
@@ -184,11 +192,11 @@ fn export_cluster(
     c: &SampleCluster,
     cluster_id: u32,
     runtime: &Arc<FilterRuntime>,
-) -> anyhow::Result<(Vec<(String, String)>, usize)> {
+) -> Result<(Vec<(String, String)>, usize), BenchError> {
     let origin = runtime.local().clone();
     let mut kvs = vec![(
         format!("cilium/cluster-config/{}", c.name),
-        super::fixtures::cluster_config(cluster_id, false),
+        fixtures::cluster_config(cluster_id, false),
     )];
     println!(
         "\n== {} (region {}, zone {}): export side",
@@ -233,10 +241,10 @@ fn export_cluster(
             verdict.decision.reason()
         );
         if let ExportDecision::Sync { scope, .. } = &verdict.decision {
-            let ip: IpAddr = ep
-                .ip
-                .parse()
-                .with_context(|| format!("endpoint ip {}", ep.ip))?;
+            let ip: IpAddr = ep.ip.parse().map_err(|_| BenchError::Sample {
+                origin: c.name.clone(),
+                message: format!("endpoint ip {:?} is not an IP address", ep.ip),
+            })?;
             let mut pair = IpIdentityPair::new(ip);
             pair.host_ip = ep.node_ip.as_deref().and_then(|n| n.parse().ok());
             pair.id = ep.identity;
@@ -246,7 +254,7 @@ fn export_cluster(
             pair.sync_scope = Some(scope.to_field_value());
             kvs.push((
                 format!("cilium/state/ip/v1/default/{}", pair.prefix_string()),
-                String::from_utf8(pair.to_json_bytes())?,
+                String::from_utf8(pair.to_json_bytes()).map_err(BenchError::cilium)?,
             ));
             exported += 1;
         }
@@ -255,11 +263,14 @@ fn export_cluster(
         let name = format!("{}-node-{n}", c.name);
         let region = origin.region.clone().unwrap_or_default();
         let zone = origin.zone.clone().unwrap_or_default();
-        let value = super::fixtures::node(
-            &ClusterName::new(c.name.clone())?,
+        let value = fixtures::node(
+            &ClusterName::new(c.name.clone()).map_err(BenchError::cilium)?,
             cluster_id,
             &name,
-            node_ip.parse()?,
+            node_ip.parse().map_err(|_| BenchError::Sample {
+                origin: c.name.clone(),
+                message: format!("node ip {node_ip:?} is not an IP address"),
+            })?,
             &[
                 ("topology.kubernetes.io/region", &region),
                 ("topology.kubernetes.io/zone", &zone),
@@ -270,7 +281,7 @@ fn export_cluster(
     }
     println!("  exported {exported} of {}", c.endpoints.len());
     // Written once every list is in, as clustermesh-apiserver does.
-    let cluster = ClusterName::new(c.name.clone())?;
+    let cluster = ClusterName::new(c.name.clone()).map_err(BenchError::cilium)?;
     for resource in [
         Resource::Endpoints,
         Resource::Identities,

@@ -8,29 +8,51 @@
 //! time from starting `meshfilter mesh` (as a separate process) until every remote
 //! reports synced, and that process's peak RSS.
 
-use std::process::{Command, ExitCode, Stdio};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
-use etcd_client::{Client, Txn, TxnOp};
+use etcd_client::{Client, GetOptions};
 use meshfilter_cilium::ClusterName;
 use meshfilter_local_etcd::EtcdServer;
 
-use crate::cli::BenchMeshArgs;
+use crate::error::BenchError;
+use crate::fixtures::{self, write_batched};
+use crate::process::Process;
 
-pub fn run(args: &BenchMeshArgs) -> anyhow::Result<ExitCode> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(run_async(args))?;
-    Ok(ExitCode::SUCCESS)
+/// What `meshfilter bench mesh` runs.
+#[derive(Debug, Clone)]
+pub struct MeshBenchOptions {
+    /// The meshfilter binary to run as `meshfilter mesh`.
+    pub binary: PathBuf,
+    /// Remote clusters.
+    pub remotes: usize,
+    /// Endpoints per remote cluster.
+    pub endpoints: usize,
+    /// Fraction of each cluster's endpoints it exports (0..=1).
+    pub opted_in: f64,
+    /// Identities per remote cluster.
+    pub identities: usize,
+    /// Nodes per remote cluster.
+    pub nodes: usize,
+    /// How long the mesh may take to sync every remote.
+    pub timeout: Duration,
 }
 
-async fn run_async(args: &BenchMeshArgs) -> anyhow::Result<()> {
-    let source = EtcdServer::try_start("mock-remotes").map_err(anyhow::Error::msg)?;
-    let local = EtcdServer::try_start("local").map_err(anyhow::Error::msg)?;
-    let src = Client::connect([source.endpoint()], None).await?;
-    let dst = Client::connect([local.endpoint()], None).await?;
+/// Runs the benchmark, printing each figure as it is measured.
+pub fn run(options: &MeshBenchOptions) -> Result<(), BenchError> {
+    crate::runtime()?.block_on(run_async(options))
+}
+
+async fn run_async(args: &MeshBenchOptions) -> Result<(), BenchError> {
+    let source =
+        EtcdServer::try_start("mock-remotes").map_err(BenchError::fixture("etcd mock-remotes"))?;
+    let local = EtcdServer::try_start("local").map_err(BenchError::fixture("etcd local"))?;
+    let src = Client::connect([source.endpoint()], None)
+        .await
+        .map_err(BenchError::etcd_client("mock-remotes"))?;
+    let dst = Client::connect([local.endpoint()], None)
+        .await
+        .map_err(BenchError::etcd_client("local"))?;
     let per_cluster = ((args.endpoints as f64) * args.opted_in).round() as usize;
     println!(
         "{} remote clusters x {} endpoints, {} of them exported each ({:.0}%); etcd data under {} \
@@ -50,14 +72,16 @@ async fn run_async(args: &BenchMeshArgs) -> anyhow::Result<()> {
         &dst,
         (0..raw_keys).map(|i| (format!("bench/raw/{i}"), value.clone())),
     )
-    .await?;
+    .await
+    .map_err(BenchError::etcd_client("local"))?;
     let raw_rate = raw_keys as f64 / started.elapsed().as_secs_f64();
     dst.kv_client()
         .delete(
             "bench/raw/",
             Some(etcd_client::DeleteOptions::new().with_prefix()),
         )
-        .await?;
+        .await
+        .map_err(BenchError::etcd_client("local"))?;
     println!("raw etcd write rate (128-op transactions, 4 writers): {raw_rate:.0} keys/s");
 
     // The mock remotes.
@@ -67,7 +91,7 @@ async fn run_async(args: &BenchMeshArgs) -> anyhow::Result<()> {
         let name = format!("remote-{c:03}");
         let mut kvs = vec![(
             format!("cilium/cluster-config/{name}"),
-            super::fixtures::cluster_config(c, true),
+            fixtures::cluster_config(c, true),
         )];
         for n in 0..args.nodes as u32 {
             kvs.push((
@@ -99,7 +123,9 @@ async fn run_async(args: &BenchMeshArgs) -> anyhow::Result<()> {
             ));
         }
         total += kvs.len();
-        write_batched(&src, kvs).await?;
+        write_batched(&src, kvs)
+            .await
+            .map_err(BenchError::etcd_client("mock-remotes"))?;
     }
     println!(
         "populated the mock remotes: {total} keys in {:.1} s",
@@ -107,77 +133,88 @@ async fn run_async(args: &BenchMeshArgs) -> anyhow::Result<()> {
     );
 
     // meshfilter mesh as its own process.
-    let dir = tempfile::tempdir()?;
+    let dir = tempfile::tempdir()
+        .map_err(|e| BenchError::fixture("a temporary directory")(e.to_string()))?;
     let clusters = dir.path().join("clustermesh");
-    std::fs::create_dir(&clusters)?;
+    std::fs::create_dir(&clusters).map_err(BenchError::io(&clusters))?;
     for c in 1..=args.remotes {
-        std::fs::write(
-            clusters.join(format!("remote-{c:03}")),
-            format!("endpoints:\n- {}\n", source.endpoint()),
-        )?;
+        let path = clusters.join(format!("remote-{c:03}"));
+        std::fs::write(&path, format!("endpoints:\n- {}\n", source.endpoint()))
+            .map_err(BenchError::io(&path))?;
     }
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
+    let admin = format!("127.0.0.1:{}", meshfilter_local_etcd::free_port());
     let config = dir.path().join("mesh.yaml");
     std::fs::write(
         &config,
         format!(
-            "cluster: {{name: local, zone: z1, region: r1}}\nlocalEtcd:\n  endpoints: [{}]\nclustersDir: {}\nlisten: 127.0.0.1:{port}\n",
+            "cluster: {{name: local, zone: z1, region: r1}}\nlocalEtcd:\n  endpoints: [{}]\nclustersDir: {}\nlisten: {admin}\n",
             local.endpoint(),
             clusters.display()
         ),
-    )?;
+    )
+    .map_err(BenchError::io(&config))?;
+    let mut mesh = Process::new(
+        "mesh",
+        &args.binary,
+        vec![
+            "mesh".into(),
+            "--config".into(),
+            config.display().to_string(),
+        ],
+        dir.path().join("mesh.log"),
+        admin,
+    );
     let started = Instant::now();
-    let mut mesh = Command::new(std::env::current_exe()?)
-        .args(["mesh", "--config"])
-        .arg(&config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("starting meshfilter mesh")?;
-    let pid = mesh.id();
-    let url = format!("http://127.0.0.1:{port}/status");
-    let deadline = Instant::now() + Duration::from_secs(args.timeout_secs);
+    mesh.start()?;
+    let deadline = Instant::now() + args.timeout;
     let synced_after = loop {
-        if let Ok(resp) = ureq::get(&url).timeout(Duration::from_secs(5)).call() {
-            let status: serde_json::Value = serde_json::from_str(&resp.into_string()?)?;
-            let remotes = status["remotes"].as_array().cloned().unwrap_or_default();
-            if remotes.len() == args.remotes && remotes.iter().all(|r| r["synced"] == true) {
-                break started.elapsed();
-            }
+        if let Some(status) = mesh.mesh_status()
+            && status.remotes.len() == args.remotes
+            && status.remotes.iter().all(|r| r.synced)
+        {
+            break started.elapsed();
+        }
+        if let Some(status) = mesh.exited() {
+            return Err(BenchError::Incomplete(format!(
+                "meshfilter mesh exited ({status}) before it synced; see {}",
+                dir.path().join("mesh.log").display()
+            )));
         }
         if Instant::now() > deadline {
-            let _ = mesh.kill();
-            bail!(
-                "meshfilter mesh did not sync {} remotes within {} s",
-                args.remotes,
-                args.timeout_secs
-            );
+            return Err(BenchError::Timeout {
+                what: format!(
+                    "meshfilter mesh to sync {} remotes within {} s",
+                    args.remotes,
+                    args.timeout.as_secs()
+                ),
+            });
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    let peak_rss = std::fs::read_to_string(format!("/proc/{pid}/status"))?
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .map(|l| l.trim_start_matches("VmHWM:").trim().to_string())
-        .unwrap_or_default();
+    let peak_rss = mesh
+        .pid()
+        .and_then(|pid| std::fs::read_to_string(format!("/proc/{pid}/status")).ok())
+        .and_then(|status| {
+            status
+                .lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .map(|l| l.trim_start_matches("VmHWM:").trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".into());
     let cached = dst
         .kv_client()
         .get(
             "cilium/cache/ip/v1/",
-            Some(
-                etcd_client::GetOptions::new()
-                    .with_prefix()
-                    .with_count_only(),
-            ),
+            Some(GetOptions::new().with_prefix().with_count_only()),
         )
-        .await?
+        .await
+        .map_err(BenchError::etcd_client("local"))?
         .count();
-    let _ = Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status();
-    let _ = mesh.wait();
+    mesh.terminate();
+    let stop_deadline = Instant::now() + Duration::from_secs(10);
+    while mesh.exited().is_none() && Instant::now() < stop_deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     println!(
         "mesh bootstrap: {} remotes synced in {:.2} s; {cached} endpoint entries cached ({:.0} entries/s); peak RSS {peak_rss}",
         args.remotes,
@@ -189,7 +226,7 @@ async fn run_async(args: &BenchMeshArgs) -> anyhow::Result<()> {
 
 /// An endpoint on the remote's first node, exported globally.
 fn endpoint_value(ip: &str, id: u32) -> String {
-    super::fixtures::endpoint(
+    fixtures::endpoint(
         ip.parse().expect("a generated IP"),
         "172.16.0.1".parse().expect("an IP"),
         id,
@@ -201,7 +238,7 @@ fn endpoint_value(ip: &str, id: u32) -> String {
 
 fn node_value(cluster: &str, id: u32, n: u32) -> String {
     let ip = format!("172.{}.{}.{}", 16 + id / 256, id % 256, n + 1);
-    super::fixtures::node(
+    fixtures::node(
         &ClusterName::new(cluster).expect("a generated cluster name"),
         id,
         &format!("n{n}"),
@@ -212,35 +249,4 @@ fn node_value(cluster: &str, id: u32, n: u32) -> String {
         ],
         None,
     )
-}
-
-/// Writes `kvs` in 128-operation transactions from four concurrent writers.
-pub(super) async fn write_batched(
-    client: &Client,
-    kvs: impl IntoIterator<Item = (String, String)>,
-) -> anyhow::Result<()> {
-    let kvs: Vec<(String, String)> = kvs.into_iter().collect();
-    let chunks: Vec<Vec<(String, String)>> = kvs.chunks(128).map(|c| c.to_vec()).collect();
-    let mut lanes: Vec<Vec<Vec<(String, String)>>> = vec![Vec::new(); 4];
-    for (i, c) in chunks.into_iter().enumerate() {
-        lanes[i % 4].push(c);
-    }
-    let mut tasks = Vec::new();
-    for lane in lanes {
-        let mut kv = client.kv_client();
-        tasks.push(tokio::spawn(async move {
-            for chunk in lane {
-                let ops: Vec<TxnOp> = chunk
-                    .into_iter()
-                    .map(|(k, v)| TxnOp::put(k, v, None))
-                    .collect();
-                kv.txn(Txn::new().and_then(ops)).await?;
-            }
-            Ok::<_, etcd_client::Error>(())
-        }));
-    }
-    for t in tasks {
-        t.await??;
-    }
-    Ok(())
 }

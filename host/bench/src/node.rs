@@ -9,13 +9,15 @@
 //! cluster's etcd through the mesh's resolve API.
 
 use std::net::Ipv4Addr;
-use std::process::{Command, ExitCode, Stdio};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
 use etcd_client::Client;
 use meshfilter_cilium::{ClusterName, Resource};
+use meshfilter_filter_runtime::{
+    BuiltinSet, EngineConfig, FilterMetrics, FilterRuntime, Locality, ModuleSource, RuntimeConfig,
+};
 use meshfilter_local_etcd::EtcdServer;
 use meshfilter_node::index::endpoint_info;
 use meshfilter_node::probe::ipv4_frame;
@@ -25,8 +27,9 @@ use meshfilter_node::{
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::BenchNodeArgs;
-use crate::config::{ClusterSection, FiltersSection};
+use crate::error::BenchError;
+use crate::fixtures::{self, write_batched};
+use crate::process::Process;
 
 const POD: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
 /// Cluster C: endpoints already in the local cache.
@@ -36,12 +39,26 @@ const FLOOD_BASE: Ipv4Addr = Ipv4Addr::new(198, 21, 0, 0);
 /// Cluster B: regional endpoints in another region, only in cluster B's etcd.
 const REMOTE_BASE: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 0);
 
-pub fn run(args: &BenchNodeArgs) -> anyhow::Result<ExitCode> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(run_async(args))?;
-    Ok(ExitCode::SUCCESS)
+/// What `meshfilter bench node` runs.
+#[derive(Debug, Clone)]
+pub struct NodeBenchOptions {
+    /// The meshfilter binary to run as `meshfilter mesh` for the remote phase.
+    pub binary: PathBuf,
+    /// Misses per latency phase.
+    pub addresses: u32,
+    /// Misses in the remote phase (at most `addresses`).
+    pub remote_addresses: u32,
+    /// Time between two misses of a latency phase.
+    pub interval: Duration,
+    /// Distinct addresses in the flood.
+    pub flood: u32,
+    /// The node's filters (its miss hook decides every miss).
+    pub filters: BuiltinSet,
+}
+
+/// Runs the benchmark, printing each figure as it is measured.
+pub fn run(options: &NodeBenchOptions) -> Result<(), BenchError> {
+    crate::runtime()?.block_on(run_async(options))
 }
 
 fn nth(base: Ipv4Addr, i: u32) -> Ipv4Addr {
@@ -49,7 +66,7 @@ fn nth(base: Ipv4Addr, i: u32) -> Ipv4Addr {
 }
 
 fn endpoint_json(ip: Ipv4Addr, id: u32, scope: &str) -> String {
-    super::fixtures::endpoint(
+    fixtures::endpoint(
         ip.into(),
         Ipv4Addr::new(203, 0, 113, 2).into(),
         id,
@@ -59,19 +76,24 @@ fn endpoint_json(ip: Ipv4Addr, id: u32, scope: &str) -> String {
     )
 }
 
-async fn run_async(args: &BenchNodeArgs) -> anyhow::Result<()> {
+async fn run_async(args: &NodeBenchOptions) -> Result<(), BenchError> {
     if !Datapath::available() {
-        bail!("this build has no eBPF program; run scripts/setup.sh and rebuild");
+        return Err(BenchError::Incomplete(
+            "this build has no eBPF program; run scripts/setup.sh and rebuild".into(),
+        ));
     }
-    let local = EtcdServer::try_start("node-bench-local").map_err(anyhow::Error::msg)?;
-    let client = Client::connect([local.endpoint()], None).await?;
+    let local = EtcdServer::try_start("node-bench-local")
+        .map_err(BenchError::fixture("etcd node-bench-local"))?;
+    let client = Client::connect([local.endpoint()], None)
+        .await
+        .map_err(BenchError::etcd_client("local"))?;
     println!(
         "meshfilter node benchmark: {} misses per latency phase, {} ms apart; flood of {} addresses",
         args.addresses,
         args.interval.as_secs_f64() * 1000.0,
         args.flood
     );
-    super::bench_mesh::write_batched(
+    write_batched(
         &client,
         (0..args.addresses).map(|i| {
             let ip = nth(CACHED_BASE, i);
@@ -81,17 +103,18 @@ async fn run_async(args: &BenchNodeArgs) -> anyhow::Result<()> {
             )
         }),
     )
-    .await?;
+    .await
+    .map_err(BenchError::etcd_client("local"))?;
 
     per_packet_cost()?;
 
     // Local cache: the agent resolves from the local etcd only.
     let static_cidrs = vec![StaticCidr {
-        cidr: "198.20.0.0/14".parse()?,
+        cidr: "198.20.0.0/14".parse().map_err(BenchError::cilium)?,
         cluster: "cluster-c".into(),
     }];
     let resolvers = Resolvers::new(Some(client.clone()), None, Duration::from_secs(2));
-    let bench = Bench::start(static_cidrs, resolvers, client.clone())?;
+    let bench = Bench::start(static_cidrs, resolvers, client.clone(), &args.filters)?;
     let addrs: Vec<Ipv4Addr> = (0..args.addresses).map(|i| nth(CACHED_BASE, i)).collect();
     let lat = bench.latency(&addrs, args.interval).await?;
     println!(
@@ -103,36 +126,38 @@ async fn run_async(args: &BenchNodeArgs) -> anyhow::Result<()> {
 
     // Remote: cluster B's regional endpoints, filtered out of the cache, resolved on
     // demand through a real `meshfilter mesh`.
-    let remote = EtcdServer::try_start("node-bench-cluster-b").map_err(anyhow::Error::msg)?;
-    let rclient = Client::connect([remote.endpoint()], None).await?;
-    let mut kv = rclient.kv_client();
-    kv.put(
-        "cilium/cluster-config/cluster-b",
-        super::fixtures::cluster_config(2, false),
-        None,
-    )
-    .await?;
-    kv.put(
-        "cilium/state/nodes/v1/cluster-b/b1",
-        super::fixtures::node(
-            &ClusterName::new("cluster-b")?,
-            2,
-            "b1",
-            Ipv4Addr::new(203, 0, 113, 2).into(),
-            &[("topology.kubernetes.io/region", "us-east-1")],
-            Some("198.18.0.0/16".parse()?),
+    let remote = EtcdServer::try_start("node-bench-cluster-b")
+        .map_err(BenchError::fixture("etcd node-bench-cluster-b"))?;
+    let rclient = Client::connect([remote.endpoint()], None)
+        .await
+        .map_err(BenchError::etcd_client("cluster-b"))?;
+    let cluster_b = ClusterName::new("cluster-b").map_err(BenchError::cilium)?;
+    let kvs = vec![
+        (
+            "cilium/cluster-config/cluster-b".to_string(),
+            fixtures::cluster_config(2, false),
         ),
-        None,
-    )
-    .await?;
-    kv.put(
-        "cilium/state/identities/v1/id/131329",
-        "k8s:app=bench;k8s:io.kubernetes.pod.namespace=bench;",
-        None,
-    )
-    .await?;
+        (
+            "cilium/state/nodes/v1/cluster-b/b1".to_string(),
+            fixtures::node(
+                &cluster_b,
+                2,
+                "b1",
+                Ipv4Addr::new(203, 0, 113, 2).into(),
+                &[("topology.kubernetes.io/region", "us-east-1")],
+                Some("198.18.0.0/16".parse().map_err(BenchError::cilium)?),
+            ),
+        ),
+        (
+            "cilium/state/identities/v1/id/131329".to_string(),
+            "k8s:app=bench;k8s:io.kubernetes.pod.namespace=bench;".to_string(),
+        ),
+    ];
+    write_batched(&rclient, kvs)
+        .await
+        .map_err(BenchError::etcd_client("cluster-b"))?;
     let remote_count = args.addresses.min(args.remote_addresses);
-    super::bench_mesh::write_batched(
+    write_batched(
         &rclient,
         (0..remote_count).map(|i| {
             let ip = nth(REMOTE_BASE, i);
@@ -142,30 +167,34 @@ async fn run_async(args: &BenchNodeArgs) -> anyhow::Result<()> {
             )
         }),
     )
-    .await?;
+    .await
+    .map_err(BenchError::etcd_client("cluster-b"))?;
     // The canaries clustermesh-apiserver writes once its lists are in: the mesh lists
     // nothing before them.
-    for resource in [
+    let canaries = [
         Resource::Endpoints,
         Resource::Identities,
         Resource::Nodes,
         Resource::Services,
-    ] {
-        let cluster = ClusterName::new("cluster-b")?;
-        kv.put(
-            resource.source_canary_key(&cluster),
-            "2026-11-30T00:00:00Z",
-            None,
+    ]
+    .map(|resource| {
+        (
+            resource.source_canary_key(&cluster_b),
+            "2026-11-30T00:00:00Z".to_string(),
         )
-        .await?;
-    }
-    let mesh = MeshProcess::start(&local, &remote)?;
+    });
+    write_batched(&rclient, canaries)
+        .await
+        .map_err(BenchError::etcd_client("cluster-b"))?;
+    let dir = tempfile::tempdir()
+        .map_err(|e| BenchError::fixture("a temporary directory")(e.to_string()))?;
+    let mesh = start_mesh(&args.binary, dir.path(), &local, &remote)?;
     let resolvers = Resolvers::new(
         Some(client.clone()),
-        Some(format!("http://{}", mesh.addr)),
+        Some(format!("http://{}", mesh.admin)),
         Duration::from_secs(2),
     );
-    let bench = Bench::start(Vec::new(), resolvers, client.clone())?;
+    let bench = Bench::start(Vec::new(), resolvers, client.clone(), &args.filters)?;
     bench.wait_for_cidrs().await?;
     let addrs: Vec<Ipv4Addr> = (0..remote_count).map(|i| nth(REMOTE_BASE, i)).collect();
     // Stay under the mesh's default remote-lookup rate (200/s).
@@ -185,21 +214,21 @@ async fn run_async(args: &BenchNodeArgs) -> anyhow::Result<()> {
 }
 
 /// Kernel-measured cost of one program run (mean over many repeats).
-fn per_packet_cost() -> anyhow::Result<()> {
+fn per_packet_cost() -> Result<(), BenchError> {
     let dp = Datapath::load(&DatapathConfig {
         dedup: Duration::from_secs(3600),
         events_per_second: 0,
         verdict: MissVerdict::Drop,
         ..Default::default()
     })?;
-    let mut ring = dp.take_events().context("ring")?;
-    dp.upsert_mesh_cidr("198.20.0.0/14".parse()?, 3)?;
+    let mut ring = dp
+        .take_events()
+        .ok_or_else(|| BenchError::Incomplete("the datapath's event ring was taken".into()))?;
+    let cidr: ipnet::IpNet = "198.20.0.0/14".parse().map_err(BenchError::cilium)?;
+    dp.upsert_mesh_cidr(cidr, 3)?;
+    dp.upsert_ipcache(cidr, endpoint_info(9, Some(POD.into()), 0))?;
     dp.upsert_ipcache(
-        "198.20.0.0/14".parse()?,
-        endpoint_info(9, Some(POD.into()), 0),
-    )?;
-    dp.upsert_ipcache(
-        "198.20.0.1/32".parse()?,
+        "198.20.0.1/32".parse().map_err(BenchError::cilium)?,
         endpoint_info(196_864, Some(POD.into()), 0),
     )?;
     let repeat = 1_000_000;
@@ -244,20 +273,29 @@ impl Bench {
         static_cidrs: Vec<StaticCidr>,
         resolvers: Resolvers,
         local: Client,
-    ) -> anyhow::Result<Bench> {
+        filters: &BuiltinSet,
+    ) -> Result<Bench, BenchError> {
         let datapath = Arc::new(Datapath::load(&DatapathConfig {
             dedup: Duration::from_secs(5),
             events_per_second: 0,
             verdict: MissVerdict::Drop,
             ..Default::default()
         })?);
-        let cluster = ClusterSection {
-            name: "cluster-a".into(),
-            zone: None,
-            region: Some("eu-west-1".into()),
-        };
-        let (runtime, _, _) =
-            super::serve::load_filters(&FiltersSection::default(), cluster.locality())?;
+        let runtime = tokio::task::block_in_place(|| {
+            FilterRuntime::new(
+                RuntimeConfig {
+                    engine: EngineConfig::default(),
+                    source: ModuleSource::Builtin(filters.clone()),
+                    pins: Default::default(),
+                    local: Locality {
+                        cluster: "cluster-a".into(),
+                        zone: None,
+                        region: Some("eu-west-1".into()),
+                    },
+                },
+                FilterMetrics::default(),
+            )
+        })?;
         let view = MeshView::new(datapath.clone(), static_cidrs, false);
         let agent = NodeAgent::new(
             datapath.clone(),
@@ -284,35 +322,39 @@ impl Bench {
     }
 
     /// Follows the local cache's node list (for the remote phase's pod CIDR).
-    async fn wait_for_cidrs(&self) -> anyhow::Result<()> {
+    async fn wait_for_cidrs(&self) -> Result<(), BenchError> {
         let deadline = Instant::now() + Duration::from_secs(30);
         while self.view.owner_of(nth(REMOTE_BASE, 0).into()).is_none() {
             if Instant::now() > deadline {
-                bail!("the mesh never published cluster-b's node into the local cache");
+                return Err(BenchError::Timeout {
+                    what: "the mesh to publish cluster-b's node into the local cache".into(),
+                });
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         Ok(())
     }
 
-    async fn latency(&self, addrs: &[Ipv4Addr], interval: Duration) -> anyhow::Result<Latency> {
+    async fn latency(&self, addrs: &[Ipv4Addr], interval: Duration) -> Result<Latency, BenchError> {
         self.agent.clear_latencies();
         let before = installed(&self.agent);
         for addr in addrs {
             let frame = ipv4_frame(POD, *addr);
             let dp = self.datapath.clone();
-            tokio::task::spawn_blocking(move || dp.test_run(&frame, 1)).await??;
+            tokio::task::spawn_blocking(move || dp.test_run(&frame, 1))
+                .await
+                .map_err(|e| BenchError::Incomplete(format!("a test run: {e}")))??;
             tokio::time::sleep(interval).await;
         }
         let deadline = Instant::now() + Duration::from_secs(30);
         while installed(&self.agent) < before + addrs.len() as u64 {
             if Instant::now() > deadline {
-                bail!(
+                return Err(BenchError::Incomplete(format!(
                     "only {} of {} misses were installed: {:?}",
                     installed(&self.agent) - before,
                     addrs.len(),
                     self.agent.status().outcomes
-                );
+                )));
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -328,19 +370,20 @@ impl Bench {
 
     /// Distinct unknown addresses as fast as one thread can run the program: how many
     /// events userspace reads and handles per second before its queue overflows.
-    async fn flood(&self, count: u32) -> anyhow::Result<()> {
+    async fn flood(&self, count: u32) -> Result<(), BenchError> {
         let before = self.agent.status();
         let kernel_before = self.datapath.stats();
         let handled_before: u64 = before.outcomes.values().sum();
         let dp = self.datapath.clone();
         let started = Instant::now();
-        let generated = tokio::task::spawn_blocking(move || -> anyhow::Result<Duration> {
+        let generated = tokio::task::spawn_blocking(move || -> Result<Duration, BenchError> {
             for i in 0..count {
                 dp.test_run(&ipv4_frame(POD, nth(FLOOD_BASE, i)), 1)?;
             }
             Ok(started.elapsed())
         })
-        .await??;
+        .await
+        .map_err(|e| BenchError::Incomplete(format!("the flood: {e}")))??;
         // Let the queue drain.
         let mut last = u64::MAX;
         loop {
@@ -388,64 +431,42 @@ fn installed(agent: &NodeAgent) -> u64 {
         .unwrap_or(0)
 }
 
-/// `meshfilter mesh` for cluster-a (eu-west-1) against cluster B, as a child process.
-struct MeshProcess {
-    child: std::process::Child,
-    addr: String,
-    _dir: tempfile::TempDir,
-}
-
-impl MeshProcess {
-    fn start(local: &EtcdServer, remote: &EtcdServer) -> anyhow::Result<MeshProcess> {
-        let dir = tempfile::tempdir()?;
-        let clusters = dir.path().join("clustermesh");
-        std::fs::create_dir(&clusters)?;
-        std::fs::write(
-            clusters.join("cluster-b"),
-            format!("endpoints:\n- {}\n", remote.endpoint()),
-        )?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        let addr = format!("127.0.0.1:{port}");
-        let config = dir.path().join("mesh.yaml");
-        std::fs::write(
-            &config,
-            format!(
-                "cluster: {{name: cluster-a, region: eu-west-1}}\nlocalEtcd:\n  endpoints: [{}]\nclustersDir: {}\nlisten: {addr}\n",
-                local.endpoint(),
-                clusters.display()
-            ),
-        )?;
-        let child = Command::new(std::env::current_exe()?)
-            .args(["mesh", "--config", config.to_str().unwrap_or_default()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting meshfilter mesh")?;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(r) = ureq::get(&format!("http://{addr}/readyz")).call()
-                && r.into_string().unwrap_or_default() == "ready"
-            {
-                break;
-            }
-            if Instant::now() > deadline {
-                bail!("meshfilter mesh did not become ready");
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Ok(MeshProcess {
-            child,
-            addr,
-            _dir: dir,
-        })
-    }
-}
-
-impl Drop for MeshProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// `meshfilter mesh` for cluster-a (eu-west-1) against cluster B, as a child process
+/// (killed when dropped), ready to resolve.
+fn start_mesh(
+    binary: &std::path::Path,
+    dir: &std::path::Path,
+    local: &EtcdServer,
+    remote: &EtcdServer,
+) -> Result<Process, BenchError> {
+    let clusters = dir.join("clustermesh");
+    std::fs::create_dir(&clusters).map_err(BenchError::io(&clusters))?;
+    let file = clusters.join("cluster-b");
+    std::fs::write(&file, format!("endpoints:\n- {}\n", remote.endpoint()))
+        .map_err(BenchError::io(&file))?;
+    let admin = format!("127.0.0.1:{}", meshfilter_local_etcd::free_port());
+    let config = dir.join("mesh.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "cluster: {{name: cluster-a, region: eu-west-1}}\nlocalEtcd:\n  endpoints: [{}]\nclustersDir: {}\nlisten: {admin}\n",
+            local.endpoint(),
+            clusters.display()
+        ),
+    )
+    .map_err(BenchError::io(&config))?;
+    let mut mesh = Process::new(
+        "mesh",
+        binary,
+        vec![
+            "mesh".into(),
+            "--config".into(),
+            config.display().to_string(),
+        ],
+        dir.join("mesh.log"),
+        admin,
+    );
+    mesh.start()?;
+    tokio::task::block_in_place(|| mesh.wait_ready(Duration::from_secs(30)))?;
+    Ok(mesh)
 }

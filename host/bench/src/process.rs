@@ -1,11 +1,11 @@
-//! The meshfilter processes of a soak (two mesh replicas, one exporter): started from the
-//! binary under test, signalled for real (SIGKILL, SIGTERM, SIGSTOP, SIGCONT), and killed
-//! when the soak ends, panics included.
+//! The meshfilter processes a soak or a benchmark runs (mesh replicas, an exporter):
+//! started from the binary under test, signalled for real (SIGKILL, SIGTERM, SIGSTOP,
+//! SIGCONT), and killed when the run ends, panics included.
 
 use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use meshfilter_api::{MeshClient, MeshStatus};
 
@@ -79,6 +79,41 @@ impl Process {
         self.stopping = false;
         self.starts += 1;
         Ok(())
+    }
+
+    /// Its process ID while it runs.
+    pub(crate) fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Waits until `/readyz` says ready; fails if it exits or `timeout` passes first.
+    pub(crate) fn wait_ready(&mut self, timeout: Duration) -> Result<(), BenchError> {
+        let deadline = Instant::now() + timeout;
+        let url = format!("http://{}/readyz", self.admin);
+        loop {
+            if let Ok(r) = ureq::get(&url).timeout(Duration::from_secs(1)).call()
+                && r.into_string().unwrap_or_default() == "ready"
+            {
+                return Ok(());
+            }
+            if let Some(status) = self.exited() {
+                return Err(BenchError::Exited {
+                    process: self.name.clone(),
+                    status: status.to_string(),
+                    log: self.log.clone(),
+                });
+            }
+            if Instant::now() > deadline {
+                return Err(BenchError::Timeout {
+                    what: format!(
+                        "{} to become ready (log: {})",
+                        self.name,
+                        self.log.display()
+                    ),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// Whether it was started and not reaped since (it may be paused or exiting).
