@@ -135,7 +135,7 @@ impl FilterEngine {
         let mut linker = Linker::new(&engine);
         crate::wasi::add_to_linker(&mut linker)
             .map_err(|e| LoadError::Setup(format!("linking WASI: {e:#}")))?;
-        crate::bindings::add_to_linker(&mut linker)
+        crate::host_side::add_to_linker(&mut linker)
             .map_err(|e| LoadError::Setup(format!("linking the filter interface: {e:#}")))?;
         let ticker = EpochTicker::start(engine.clone(), config.epoch_tick)?;
         if let Some(dir) = &config.disk_cache {

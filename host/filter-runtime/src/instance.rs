@@ -7,11 +7,11 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use wasmtime::Store;
 
-use crate::bindings::FilterBindings;
 use crate::bindings::current as wit;
 use crate::decision::{ExportDecision, Hook, ImportDecision, MissDecision, SyncScope};
 use crate::engine::FilterEngine;
 use crate::error::{CallFailure, LoadError};
+use crate::host_side::FilterBindings;
 use crate::host_state::HostState;
 use crate::input::{EndpointInput, Locality, MissInput};
 use crate::memo::{Insert, Memo, Readable};

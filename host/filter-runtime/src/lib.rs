@@ -38,6 +38,7 @@ mod bindings;
 mod decision;
 mod engine;
 mod error;
+mod host_side;
 mod host_state;
 mod input;
 mod instance;

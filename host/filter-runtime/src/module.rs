@@ -5,9 +5,9 @@ use std::sync::Arc;
 use meshfilter_contract::{interface, metadata};
 use wasmparser::{Parser, Payload};
 
-use crate::bindings::FilterPre;
 use crate::engine::{FilterEngine, sha2_digest};
 use crate::error::LoadError;
+use crate::host_side::FilterPre;
 
 /// What is known about a loaded module.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]

@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -23,7 +23,6 @@ use crate::module::{LoadedModule, ModuleInfo};
 use crate::rollout::{Canaried, Candidate, RollbackCause, RolloutPolicy, SameEffect, failed};
 use crate::set::{Chain, FilterGeneration, FilterSet, Verdict};
 use crate::truncate::{MAX_ERROR_BYTES, TextKind, truncate};
-use crate::watch::WatchHandle;
 
 /// Modules compiled into the binary, with the manifest that runs them.
 #[derive(Debug, Clone)]
@@ -396,20 +395,9 @@ impl FilterRuntime {
         }
     }
 
-    /// Watches the module directory and reloads after changes settle for `debounce`.
-    /// Also rescans every `rescan` in case an event was missed. Builtin sources have
-    /// nothing to watch and return `None`.
-    pub fn watch(
-        self: &Arc<Self>,
-        debounce: Duration,
-        rescan: Duration,
-    ) -> Result<Option<WatchHandle>, LoadError> {
-        match &self.source {
-            ModuleSource::Builtin(_) => Ok(None),
-            ModuleSource::Directory(dir) => {
-                WatchHandle::start(Arc::downgrade(self), dir, debounce, rescan).map(Some)
-            }
-        }
+    /// Where modules come from.
+    pub(crate) fn source(&self) -> &ModuleSource {
+        &self.source
     }
 
     /// What is serving, for status output.

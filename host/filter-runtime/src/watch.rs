@@ -7,15 +7,33 @@
 //! hashes, so spurious events cost a re-read and nothing else.
 
 use std::path::Path;
-use std::sync::Weak;
 use std::sync::mpsc;
+use std::sync::{Arc, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 
 use crate::error::LoadError;
-use crate::runtime::FilterRuntime;
+use crate::runtime::{FilterRuntime, ModuleSource};
+
+impl FilterRuntime {
+    /// Watches the module directory and reloads after changes settle for `debounce`.
+    /// Also rescans every `rescan` in case an event was missed. Builtin sources have
+    /// nothing to watch and return `None`.
+    pub fn watch(
+        self: &Arc<Self>,
+        debounce: Duration,
+        rescan: Duration,
+    ) -> Result<Option<WatchHandle>, LoadError> {
+        match self.source() {
+            ModuleSource::Builtin(_) => Ok(None),
+            ModuleSource::Directory(dir) => {
+                WatchHandle::start(Arc::downgrade(self), dir, debounce, rescan).map(Some)
+            }
+        }
+    }
+}
 
 /// Longest time between two checks of a canary's probation.
 const ROLLOUT_POLL: Duration = Duration::from_secs(1);

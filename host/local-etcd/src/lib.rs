@@ -161,50 +161,43 @@ impl EtcdServer {
 
     /// Starts a fresh single-member cluster and waits until it answers.
     pub fn try_start(name: &str) -> Result<EtcdServer, String> {
+        EtcdServer::try_start_with(name, false)
+    }
+
+    /// Starts a server that only accepts clients with a certificate signed by its CA;
+    /// panics on failure (for tests).
+    pub fn start_tls(name: &str) -> EtcdServer {
+        EtcdServer::try_start_with(name, true).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// A fresh data directory, with generated certificates when `tls`, and the server
+    /// started on it.
+    fn try_start_with(name: &str, tls: bool) -> Result<EtcdServer, String> {
         let data = tempfile::Builder::new()
             .prefix("meshfilter-etcd-")
             .tempdir_in(data_root())
             .map_err(|e| format!("etcd data dir: {e}"))?;
+        let tls = if tls {
+            Some(TlsFiles::generate(data.path())?)
+        } else {
+            None
+        };
         let mut server = EtcdServer {
             child: None,
             data,
             name: name.to_string(),
             client_port: free_port(),
             peer_port: free_port(),
-            tls: None,
+            tls,
             generation: 0,
         };
         server.try_spawn()?;
         Ok(server)
     }
 
-    /// Starts a server that only accepts clients with a certificate signed by its CA.
-    pub fn start_tls(name: &str) -> EtcdServer {
-        let data = tempfile::Builder::new()
-            .prefix("meshfilter-etcd-")
-            .tempdir_in(data_root())
-            .expect("etcd data dir");
-        let tls = TlsFiles::generate(data.path()).unwrap_or_else(|e| panic!("{e}"));
-        let mut server = EtcdServer {
-            child: None,
-            data,
-            name: name.to_string(),
-            client_port: free_port(),
-            peer_port: free_port(),
-            tls: Some(tls),
-            generation: 0,
-        };
-        server.spawn();
-        server
-    }
-
     /// The certificates of a server started with [`EtcdServer::start_tls`].
     pub fn tls(&self) -> Option<&TlsFiles> {
         self.tls.as_ref()
-    }
-
-    fn spawn(&mut self) {
-        self.try_spawn().unwrap_or_else(|e| panic!("{e}"));
     }
 
     fn try_spawn(&mut self) -> Result<(), String> {

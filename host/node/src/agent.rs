@@ -349,7 +349,19 @@ impl NodeAgent {
         self.clusters_dropped.load(Ordering::Relaxed)
     }
 
-    /// The view (for metrics).
+    /// Brings the metrics up to the live counters; call before each scrape.
+    pub fn refresh_metrics(&self) {
+        self.metrics.refresh(crate::metrics::Live {
+            datapath: &self.datapath,
+            reader: &self.reader,
+            view: &self.view,
+            in_flight: self.in_flight(),
+            negative_cached: self.negative_cached(),
+            clusters_dropped: self.clusters_dropped(),
+        });
+    }
+
+    /// The view.
     pub fn view(&self) -> &Arc<MeshView> {
         &self.view
     }

@@ -12,7 +12,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use crate::agent::NodeAgent;
+use crate::datapath::Datapath;
+use crate::events::ReaderStats;
+use crate::view::MeshView;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabel {
@@ -143,14 +145,15 @@ impl NodeMetrics {
         self.latency.observe(micros as f64 / 1e6);
     }
 
-    /// Copies the live counters into the gauges; call before encoding.
-    pub fn refresh(&self, agent: &NodeAgent) {
-        for (counter, value) in agent.datapath().stats().counters {
+    /// Copies the live counters into the gauges and counters; the agent calls it (through
+    /// [`crate::NodeAgent::refresh_metrics`]) before each scrape.
+    pub(crate) fn refresh(&self, live: Live<'_>) {
+        for (counter, value) in live.datapath.stats().counters {
             self.datapath
                 .get_or_create(&CounterLabel { counter })
                 .set(value as i64);
         }
-        let reader = agent.reader_stats();
+        let reader = live.reader;
         for (counter, value) in [
             ("received", &reader.received),
             ("queue_overflow", &reader.overflow),
@@ -160,9 +163,9 @@ impl NodeMetrics {
                 .get_or_create(&CounterLabel { counter })
                 .set(value.load(Ordering::Relaxed) as i64);
         }
-        self.in_flight.set(agent.in_flight() as i64);
-        self.negative.set(agent.negative_cached() as i64);
-        let view = agent.view();
+        self.in_flight.set(live.in_flight as i64);
+        self.negative.set(live.negative_cached as i64);
+        let view = live.view;
         for (map, reason, total) in view.write_errors() {
             catch_up(
                 &self.write_errors.get_or_create(&MapWriteLabel {
@@ -173,13 +176,24 @@ impl NodeMetrics {
             );
         }
         self.writes_pending.set(view.status().pending as i64);
-        if let Some(cilium) = agent.datapath().cilium_map() {
+        if let Some(cilium) = live.datapath.cilium_map() {
             catch_up(&self.ipcache_reopens, cilium.reopens);
             catch_up(&self.ipcache_pin_refused, cilium.refused);
             self.ipcache_pin_missing.set(i64::from(cilium.pin_missing));
         }
-        catch_up(&self.clusters_dropped, agent.clusters_dropped());
+        catch_up(&self.clusters_dropped, live.clusters_dropped);
     }
+}
+
+/// Where the counters read at scrape time live: the kernel (through the datapath), the
+/// event reader, the view's map writer, and the agent's own totals.
+pub(crate) struct Live<'a> {
+    pub(crate) datapath: &'a Datapath,
+    pub(crate) reader: &'a ReaderStats,
+    pub(crate) view: &'a MeshView,
+    pub(crate) in_flight: usize,
+    pub(crate) negative_cached: usize,
+    pub(crate) clusters_dropped: u64,
 }
 
 /// Brings a counter up to a total kept elsewhere (counters only ever go up; only

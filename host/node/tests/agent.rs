@@ -134,7 +134,7 @@ async fn a_full_ipcache_is_a_failed_install() {
             .is_some_and(|n| *n >= 2)
     );
 
-    metrics.refresh(&agent);
+    agent.refresh_metrics();
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
     assert!(

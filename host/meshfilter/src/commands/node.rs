@@ -113,7 +113,7 @@ async fn serve(config: NodeConfig) -> anyhow::Result<()> {
         },
         move || status_agent.status(),
     )
-    .collect_before_scrape(move || metrics.refresh(&scrape_agent));
+    .collect_before_scrape(move || scrape_agent.refresh_metrics());
     tracing::info!(listen = %config.listen, program_id = datapath.program_id(), "node agent running");
     let server = meshfilter_admin::bind_and_serve(
         config.listen,
