@@ -1,6 +1,7 @@
 //! `namespace-allowlist`: per-team export lists.
 //!
-//! Each team lists namespace patterns (exact names, or a prefix ending in `*`), an optional
+//! Each team lists namespaces (names, or globs where `*` is any run of characters and `?`
+//! one; the SDK's [`NamespaceSet`], so a name no namespace can have is an error), an optional
 //! label selector and the scope its pods travel with. On export the first team whose
 //! pattern and selector match the pod decides: its pods sync with the team's scope (a
 //! `cluster` scope keeps them home). A pod no team claims is left to the next filter
@@ -16,7 +17,7 @@
 //! `matchExpressions` object.
 
 use meshfilter_guest_sdk::{
-    Config, Endpoint, ExportDecision, Filter, LabelSelector, Scope, export_filter,
+    Config, Endpoint, ExportDecision, Filter, LabelSelector, NamespaceSet, Scope, export_filter,
 };
 use serde::Deserialize;
 
@@ -56,43 +57,9 @@ struct TeamSettings {
 #[derive(Debug)]
 struct Team {
     name: String,
-    namespaces: Vec<NamespacePattern>,
+    namespaces: NamespaceSet,
     selector: LabelSelector,
     scope: Scope,
-}
-
-/// A namespace name, or a prefix when written with a trailing `*`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum NamespacePattern {
-    Exact(String),
-    Prefix(String),
-}
-
-impl NamespacePattern {
-    fn parse(pattern: &str) -> Result<NamespacePattern, String> {
-        let (body, prefix) = match pattern.strip_suffix('*') {
-            Some(body) => (body, true),
-            None => (pattern, false),
-        };
-        if body.contains('*') {
-            return Err(format!("{pattern:?}: only a trailing * is supported"));
-        }
-        if !prefix && body.is_empty() {
-            return Err("empty namespace pattern (use \"*\" for every namespace)".to_string());
-        }
-        Ok(if prefix {
-            NamespacePattern::Prefix(body.to_string())
-        } else {
-            NamespacePattern::Exact(body.to_string())
-        })
-    }
-
-    fn matches(&self, namespace: &str) -> bool {
-        match self {
-            NamespacePattern::Exact(name) => namespace == name,
-            NamespacePattern::Prefix(prefix) => namespace.starts_with(prefix.as_str()),
-        }
-    }
 }
 
 impl Team {
@@ -108,15 +75,15 @@ impl Team {
                 at("namespaces")
             ));
         }
-        let namespaces = settings
-            .namespaces
-            .iter()
-            .enumerate()
-            .map(|(i, p)| {
-                NamespacePattern::parse(p)
-                    .map_err(|e| format!("{}: {e}", at(&format!("namespaces[{i}]"))))
-            })
-            .collect::<Result<_, _>>()?;
+        let namespaces = NamespaceSet::new(&settings.namespaces).map_err(|e| {
+            // The first entry that fails on its own is the one the error is about.
+            let i = settings
+                .namespaces
+                .iter()
+                .position(|p| NamespaceSet::new([p]).is_err())
+                .unwrap_or_default();
+            format!("{}: {e}", at(&format!("namespaces[{i}]")))
+        })?;
         let scope =
             Scope::parse(settings.scope.as_deref()).map_err(|e| format!("{}: {e}", at("scope")))?;
         Ok(Team {
@@ -166,9 +133,10 @@ impl Filter for NamespaceAllowlist {
             return ExportDecision::Abstain;
         }
         let namespace = endpoint.namespace();
-        let claimed = self.teams.iter().find(|team| {
-            team.namespaces.iter().any(|p| p.matches(&namespace)) && team.selector.matches(endpoint)
-        });
+        let claimed = self
+            .teams
+            .iter()
+            .find(|team| team.namespaces.contains(&namespace) && team.selector.matches(endpoint));
         match (claimed, self.otherwise) {
             (Some(team), _) => team.decision(),
             (None, Otherwise::Abstain) => ExportDecision::Abstain,
@@ -303,12 +271,12 @@ mod tests {
                 "teams[0].namespaces: list at least one namespace pattern",
             ),
             (
-                r#"{"teams": [{"name": "a", "namespaces": ["x", "a*b"]}]}"#,
-                r#"teams[0].namespaces[1]: "a*b": only a trailing * is supported"#,
+                r#"{"teams": [{"name": "a", "namespaces": ["x", "Payments"]}]}"#,
+                r#"teams[0].namespaces[1]: "Payments": 'P' cannot appear in a namespace name"#,
             ),
             (
                 r#"{"teams": [{"name": "a", "namespaces": [""]}]}"#,
-                "teams[0].namespaces[0]: empty namespace pattern",
+                "teams[0].namespaces[0]: empty glob pattern",
             ),
             (
                 r#"{"teams": [{"name": "a", "namespaces": ["a"], "scope": "Global"}]}"#,
@@ -340,5 +308,27 @@ mod tests {
             filter.export(&endpoint),
             ExportDecision::sync(Scope::Global).because("team all, scope global")
         );
+    }
+
+    #[test]
+    fn globs_match_anywhere_in_the_name() {
+        let filter = load(
+            r#"{"teams": [{"name": "eu", "namespaces": ["team-*-eu", "ops-?"], "scope": "regional"}], "otherwise": "skip"}"#,
+        );
+        for (namespace, claimed) in [
+            ("team-payments-eu", true),
+            ("team--eu", true),
+            ("ops-1", true),
+            ("team-payments-us", false),
+            ("ops-12", false),
+        ] {
+            let endpoint = Endpoint::builder().namespace(namespace).build();
+            assert_eq!(
+                filter.export(&endpoint)
+                    != ExportDecision::skip(format!("namespace {namespace}: no team exports it")),
+                claimed,
+                "{namespace}"
+            );
+        }
     }
 }

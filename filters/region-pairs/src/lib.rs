@@ -11,7 +11,9 @@
 //!
 //! Pairs work both ways, and a region may have several partners.
 
-use meshfilter_guest_sdk::{Config, Endpoint, Filter, ImportDecision, Scope, export_filter, local};
+use meshfilter_guest_sdk::{
+    Config, Endpoint, Filter, ImportDecision, Region, Scope, export_filter, local,
+};
 use serde::Deserialize;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -35,11 +37,12 @@ impl RegionPairs {
     }
 }
 
-/// Checks a region name with the scope grammar's rules: a one-region list must parse as
-/// itself.
+/// Checks a region name: a `topology.kubernetes.io/region` label value that a scope's
+/// region list could also name (the SDK's [`Region::is_scope_listable`]), so a pair reads
+/// like the scopes next to it.
 fn check_region(at: &str, region: &str) -> Result<(), String> {
-    match Scope::parse(Some(region)) {
-        Ok(Scope::Regions(list)) if list == [region] => Ok(()),
+    match Region::new(region) {
+        Ok(r) if r.is_scope_listable() => Ok(()),
         _ => Err(format!(
             "{at}: {region:?} is not a region name (lowercase letters, digits and '-')"
         )),
