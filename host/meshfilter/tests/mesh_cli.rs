@@ -11,7 +11,7 @@ use meshfilter_local_etcd::EtcdServer;
 use meshfilter_local_etcd::free_port;
 use meshfilter_tests::etcdctl::{etcdctl, put_canaries};
 use meshfilter_tests::meshfilter_binary;
-use meshfilter_tests::process::{http_get, wait_ready};
+use meshfilter_tests::process::{http_get, signal, wait_ready};
 
 fn stop(mesh: &mut Child) {
     meshfilter_tests::process::stop(mesh, "mesh");
@@ -408,15 +408,6 @@ fn wait_leases_gone(endpoint: &str, leases: &[i64], within: Duration) {
     }
 }
 
-fn signal(child: &Child, sig: &str) {
-    let ok = Command::new("kill")
-        .args([sig, &child.id().to_string()])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "kill {sig}");
-}
-
 /// kill -9 of the mesh, a restart, and then the first process's leases run out: the cache
 /// must be exactly what it was, every key on a lease of the new process.
 #[test]
@@ -464,7 +455,14 @@ fn a_paused_leader_is_fenced_when_it_wakes_up() {
     let mut first = spawn_mesh(&s.config_with(&a, extra));
     wait_ready(&a, "the first replica never became ready");
     let mut second = spawn_mesh(&s.config_with(&b, extra));
-    std::thread::sleep(Duration::from_millis(500));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !http_get(&format!("http://{b}/readyz")).contains("standby") {
+        assert!(
+            Instant::now() < deadline,
+            "the second replica never stood by"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let l = s.local.endpoint();
     let before = cache_content(&l);
 

@@ -21,7 +21,7 @@ use meshfilter_node::{Attachment, Datapath, DatapathConfig, Direction, MeshView,
 use meshfilter_tests::etcdctl::{etcdctl, put_canaries};
 use meshfilter_tests::free_port;
 use meshfilter_tests::netns::{Pods, Server, connect_from, in_netns, sh};
-use meshfilter_tests::process::http_get;
+use meshfilter_tests::process::{http_get, status_json};
 
 fn stop(node: &mut Child) {
     meshfilter_tests::process::stop(node, "node");
@@ -203,10 +203,6 @@ fn attached(iface: &str) -> usize {
         .count()
 }
 
-fn status(listen: &str) -> serde_json::Value {
-    serde_json::from_str(&http_get(&format!("http://{listen}/status"))).expect("status JSON")
-}
-
 /// `bpftool map dump id N` (JSON): `(key bytes, value bytes)` per entry.
 fn bpftool_dump(id: u64) -> Vec<(Vec<u8>, Vec<u8>)> {
     let out = sh(&["bpftool", "-j", "map", "dump", "id", &id.to_string()]);
@@ -324,7 +320,7 @@ fn first_retransmit_connects_to_a_filtered_out_pod() {
         took >= Duration::from_millis(900) && took < Duration::from_millis(2500),
         "established on the first retransmit, took {took:?}"
     );
-    let st = status(&listen);
+    let st = status_json(&listen);
     let recent = st["recent"].as_array().unwrap();
     let installed = recent
         .iter()
@@ -416,9 +412,19 @@ fn flood_of_unknown_addresses_is_bounded() {
     .join()
     .unwrap();
     let send_time = started.elapsed();
-    std::thread::sleep(Duration::from_millis(1500));
+    // Until the agent has read everything the kernel let through: the count holds still.
+    let received_now = || status_json(&listen)["events"]["received"].as_u64().unwrap();
+    let mut last = received_now();
+    assert!(
+        meshfilter_tests::wait_for(Duration::from_secs(10), || {
+            std::thread::sleep(Duration::from_millis(300));
+            let now = received_now();
+            std::mem::replace(&mut last, now) == now
+        }),
+        "the agent kept reading events for 10 s"
+    );
     let elapsed = started.elapsed().as_secs_f64();
-    let st = status(&listen);
+    let st = status_json(&listen);
     let received = st["events"]["received"].as_u64().unwrap();
     let misses = st["datapath"]["miss"].as_u64().unwrap();
     let limited = st["datapath"]["rate_limited"].as_u64().unwrap();
@@ -621,7 +627,7 @@ fn cilium_mode_reads_ciliums_map_and_leaves_its_program_alone() {
 
     let (config, listen) = mesh.cilium_node_config("cilium", &pods.host_a, &cilium.pin);
     let mut node = spawn_node(&config, &listen);
-    let st = status(&listen);
+    let st = status_json(&listen);
     let ours_before = st["datapath"]["packets"].as_u64().unwrap();
     let theirs_before = stand_in
         .stats()
@@ -649,11 +655,11 @@ fn cilium_mode_reads_ciliums_map_and_leaves_its_program_alone() {
         assert!(
             Instant::now() < deadline,
             "resolved into the local cache: {:#}",
-            status(&listen)
+            status_json(&listen)
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    let st = status(&listen);
+    let st = status_json(&listen);
     assert_eq!(
         st["datapath"]["hit"].as_u64().map(|h| h > 0),
         Some(true),
@@ -670,7 +676,10 @@ fn cilium_mode_reads_ciliums_map_and_leaves_its_program_alone() {
     // neighbour solicitation may be on its way).
     let deadline = Instant::now() + Duration::from_secs(5);
     let (ours, theirs) = loop {
-        let ours = status(&listen)["datapath"]["packets"].as_u64().unwrap() - ours_before;
+        let ours = status_json(&listen)["datapath"]["packets"]
+            .as_u64()
+            .unwrap()
+            - ours_before;
         let theirs = stand_in
             .stats()
             .get(meshfilter_common::ipcache::stat::PACKETS)
@@ -702,9 +711,9 @@ fn cilium_mode_follows_a_map_the_agent_recreates() {
     let first = cilium.id();
     let (config, listen) = mesh.cilium_node_config("recreate", &pods.host_a, &cilium.pin);
     let mut node = spawn_node(&config, &listen);
-    assert_eq!(status(&listen)["ipcacheMapId"].as_u64(), Some(first));
+    assert_eq!(status_json(&listen)["ipcacheMapId"].as_u64(), Some(first));
     let counters = |listen: &str| {
-        let st = status(listen);
+        let st = status_json(listen);
         (
             st["datapath"]["hit"].as_u64().unwrap(),
             st["datapath"]["miss"].as_u64().unwrap(),
@@ -713,7 +722,7 @@ fn cilium_mode_follows_a_map_the_agent_recreates() {
     let wait_status = |what: &str, done: &dyn Fn(&serde_json::Value) -> bool| {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let st = status(&listen);
+            let st = status_json(&listen);
             if done(&st) {
                 return st;
             }
@@ -816,7 +825,7 @@ fn reads_the_owning_remote_etcd_directly_when_configured() {
         took < Duration::from_millis(2500),
         "first retransmit, took {took:?}"
     );
-    let st = status(&listen);
+    let st = status_json(&listen);
     let found = st["recent"]
         .as_array()
         .unwrap()
@@ -860,7 +869,7 @@ fn the_miss_hook_follows_a_filter_reload() {
         refused.is_err(),
         "the miss hook resolves nothing: {refused:?}"
     );
-    let st = status(&listen);
+    let st = status_json(&listen);
     assert!(
         st["recent"]
             .as_array()
@@ -897,7 +906,7 @@ fn resolved_entries_expire_with_their_pin() {
     let (config, listen) = mesh.node_config("expiry", &pods.host_a, "");
     let mut node = spawn_node(&config, &listen);
     connect_from(&pods.ns_a, POD_B_REGIONAL, Duration::from_secs(5)).expect("resolved");
-    let map_id = status(&listen)["ipcacheMapId"].as_u64().unwrap();
+    let map_id = status_json(&listen)["ipcacheMapId"].as_u64().unwrap();
     let has_entry = || {
         bpftool_dump(map_id)
             .iter()
@@ -955,7 +964,7 @@ fn after_kill_9_and_restart_the_maps_hold_exactly_the_cache() {
     let (config, listen) = mesh.node_config("restart", &pods.host_a, "");
     let mut node = spawn_node(&config, &listen);
     connect_from(&pods.ns_a, POD_B_REGIONAL, Duration::from_secs(5)).expect("resolved");
-    let first_map = status(&listen)["ipcacheMapId"].as_u64().unwrap();
+    let first_map = status_json(&listen)["ipcacheMapId"].as_u64().unwrap();
     assert!(ipcache_prefixes(first_map).contains_key("198.51.100.7/32"));
 
     node.kill().unwrap();
@@ -968,7 +977,7 @@ fn after_kill_9_and_restart_the_maps_hold_exactly_the_cache() {
 
     let mut node = spawn_node(&config, &listen);
     assert_eq!(attached(&pods.host_a), 1, "attached once after the restart");
-    let map = status(&listen)["ipcacheMapId"].as_u64().unwrap();
+    let map = status_json(&listen)["ipcacheMapId"].as_u64().unwrap();
     let cache_has_regional = || {
         !etcdctl(
             &mesh.local.endpoint(),
