@@ -72,6 +72,16 @@ impl Binary {
     pub fn run(&self, args: &[&str]) -> Output {
         self.command(args).output().expect("run meshfilter")
     }
+
+    /// Runs it with `args`: whether it succeeded, its stdout and its stderr.
+    pub fn run_split(&self, args: &[&str]) -> (bool, String, String) {
+        let out = self.run(args);
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
 }
 
 /// The body of a GET, whatever the status; empty when nothing answers.

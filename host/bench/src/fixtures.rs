@@ -9,7 +9,7 @@ use etcd_client::{Client, Txn, TxnOp};
 
 use meshfilter_cilium::cluster_config::Capabilities;
 use meshfilter_cilium::node::NodeAddress;
-use meshfilter_cilium::{CiliumClusterConfig, ClusterName, IpIdentityPair, Node};
+use meshfilter_cilium::{CiliumClusterConfig, ClusterName, IpIdentityPair, Node, Resource};
 
 /// `cilium/cluster-config/<name>` of a cluster with sync canaries and 255 clusters at most;
 /// `cached` when the data is in kvstoremesh's cache layout.
@@ -25,6 +25,29 @@ pub fn cluster_config(id: u32, cached: bool) -> String {
         ..CiliumClusterConfig::default()
     };
     text(config.to_json_bytes())
+}
+
+/// The sync canaries of `cluster`'s endpoints, identities, nodes and services: in a
+/// source etcd (`cached` false) what clustermesh-apiserver writes once its lists are in,
+/// in a cache what kvstoremesh writes once its mirror is complete. The mesh lists nothing
+/// of a cluster before them.
+pub fn canaries(cluster: &ClusterName, cached: bool) -> Vec<(String, String)> {
+    [
+        Resource::Endpoints,
+        Resource::Identities,
+        Resource::Nodes,
+        Resource::Services,
+    ]
+    .into_iter()
+    .map(|resource| {
+        let key = if cached {
+            resource.cache_canary_key(cluster)
+        } else {
+            resource.source_canary_key(cluster)
+        };
+        (key, "2026-11-30T00:00:00Z".to_string())
+    })
+    .collect()
 }
 
 /// A node with one internal IP, a topology, and optionally a pod CIDR.

@@ -12,7 +12,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use etcd_client::{Client, GetOptions};
-use meshfilter_cilium::ClusterName;
+use meshfilter_cilium::keys::cluster_config_key;
+use meshfilter_cilium::{ClusterName, Resource};
 use meshfilter_local_etcd::EtcdServer;
 
 use crate::error::BenchError;
@@ -88,23 +89,18 @@ async fn run_async(args: &MeshBenchOptions) -> Result<(), BenchError> {
     let started = Instant::now();
     let mut total = 0usize;
     for c in 1..=args.remotes as u32 {
-        let name = format!("remote-{c:03}");
-        let mut kvs = vec![(
-            format!("cilium/cluster-config/{name}"),
-            fixtures::cluster_config(c, true),
-        )];
+        let name = ClusterName::new(format!("remote-{c:03}")).map_err(BenchError::cilium)?;
+        let mut kvs = vec![(cluster_config_key(&name), fixtures::cluster_config(c, true))];
         for n in 0..args.nodes as u32 {
+            let node = format!("n{n}");
             kvs.push((
-                format!("cilium/cache/nodes/v1/{name}/n{n}"),
+                Resource::Nodes.cache_key(&name, &node),
                 node_value(&name, c, n),
             ));
         }
         for id in 0..args.identities as u32 {
             kvs.push((
-                format!(
-                    "cilium/cache/identities/v1/{name}/id/{}",
-                    (c << 16) + 256 + id
-                ),
+                Resource::Identities.cache_key(&name, &((c << 16) + 256 + id).to_string()),
                 format!(
                     "k8s:app=svc-{id};k8s:io.kubernetes.pod.namespace=ns-{};",
                     id % 20
@@ -114,14 +110,9 @@ async fn run_async(args: &MeshBenchOptions) -> Result<(), BenchError> {
         for e in 0..per_cluster as u32 {
             let ip = format!("10.{}.{}.{}", c, e / 250, e % 250 + 1);
             let v = endpoint_value(&ip, (c << 16) + 256 + e % args.identities as u32);
-            kvs.push((format!("cilium/cache/ip/v1/{name}/{ip}"), v));
+            kvs.push((Resource::Endpoints.cache_key(&name, &ip), v));
         }
-        for kv in ["ip", "identities", "nodes", "services"] {
-            kvs.push((
-                format!("cilium/synced/{name}/cilium/cache/{kv}/v1"),
-                "2026-11-25T00:00:00Z".into(),
-            ));
-        }
+        kvs.extend(fixtures::canaries(&name, true));
         total += kvs.len();
         write_batched(&src, kvs)
             .await
@@ -168,7 +159,7 @@ async fn run_async(args: &MeshBenchOptions) -> Result<(), BenchError> {
     mesh.start()?;
     let deadline = Instant::now() + args.timeout;
     let synced_after = loop {
-        if let Some(status) = mesh.mesh_status()
+        if let Some(status) = tokio::task::block_in_place(|| mesh.mesh_status())
             && status.remotes.len() == args.remotes
             && status.remotes.iter().all(|r| r.synced)
         {
@@ -204,7 +195,7 @@ async fn run_async(args: &MeshBenchOptions) -> Result<(), BenchError> {
     let cached = dst
         .kv_client()
         .get(
-            "cilium/cache/ip/v1/",
+            Resource::Endpoints.cache_root(),
             Some(GetOptions::new().with_prefix().with_count_only()),
         )
         .await
@@ -236,10 +227,10 @@ fn endpoint_value(ip: &str, id: u32) -> String {
     )
 }
 
-fn node_value(cluster: &str, id: u32, n: u32) -> String {
+fn node_value(cluster: &ClusterName, id: u32, n: u32) -> String {
     let ip = format!("172.{}.{}.{}", 16 + id / 256, id % 256, n + 1);
     fixtures::node(
-        &ClusterName::new(cluster).expect("a generated cluster name"),
+        cluster,
         id,
         &format!("n{n}"),
         ip.parse().expect("a generated IP"),

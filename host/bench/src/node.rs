@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use etcd_client::Client;
+use meshfilter_cilium::keys::cluster_config_key;
 use meshfilter_cilium::{ClusterName, Resource};
 use meshfilter_filter_runtime::{
     BuiltinSet, EngineConfig, FilterMetrics, FilterRuntime, Locality, ModuleSource, RuntimeConfig,
@@ -93,12 +94,13 @@ async fn run_async(args: &NodeBenchOptions) -> Result<(), BenchError> {
         args.interval.as_secs_f64() * 1000.0,
         args.flood
     );
+    let cluster_c = ClusterName::new("cluster-c").map_err(BenchError::cilium)?;
     write_batched(
         &client,
         (0..args.addresses).map(|i| {
             let ip = nth(CACHED_BASE, i);
             (
-                format!("cilium/cache/ip/v1/cluster-c/{ip}"),
+                Resource::Endpoints.cache_key(&cluster_c, &ip.to_string()),
                 endpoint_json(ip, 196_608 + 256 + i % 1000, "global"),
             )
         }),
@@ -132,13 +134,13 @@ async fn run_async(args: &NodeBenchOptions) -> Result<(), BenchError> {
         .await
         .map_err(BenchError::etcd_client("cluster-b"))?;
     let cluster_b = ClusterName::new("cluster-b").map_err(BenchError::cilium)?;
-    let kvs = vec![
+    let mut kvs = vec![
         (
-            "cilium/cluster-config/cluster-b".to_string(),
+            cluster_config_key(&cluster_b),
             fixtures::cluster_config(2, false),
         ),
         (
-            "cilium/state/nodes/v1/cluster-b/b1".to_string(),
+            Resource::Nodes.source_key(&cluster_b, "b1"),
             fixtures::node(
                 &cluster_b,
                 2,
@@ -149,41 +151,23 @@ async fn run_async(args: &NodeBenchOptions) -> Result<(), BenchError> {
             ),
         ),
         (
-            "cilium/state/identities/v1/id/131329".to_string(),
+            Resource::Identities.source_key(&cluster_b, "131329"),
             "k8s:app=bench;k8s:io.kubernetes.pod.namespace=bench;".to_string(),
         ),
     ];
+    let remote_count = args.addresses.min(args.remote_addresses);
+    kvs.extend((0..remote_count).map(|i| {
+        let ip = nth(REMOTE_BASE, i);
+        (
+            Resource::Endpoints.source_key(&cluster_b, &ip.to_string()),
+            endpoint_json(ip, 131_329, "regional"),
+        )
+    }));
     write_batched(&rclient, kvs)
         .await
         .map_err(BenchError::etcd_client("cluster-b"))?;
-    let remote_count = args.addresses.min(args.remote_addresses);
-    write_batched(
-        &rclient,
-        (0..remote_count).map(|i| {
-            let ip = nth(REMOTE_BASE, i);
-            (
-                format!("cilium/state/ip/v1/default/{ip}"),
-                endpoint_json(ip, 131_329, "regional"),
-            )
-        }),
-    )
-    .await
-    .map_err(BenchError::etcd_client("cluster-b"))?;
-    // The canaries clustermesh-apiserver writes once its lists are in: the mesh lists
-    // nothing before them.
-    let canaries = [
-        Resource::Endpoints,
-        Resource::Identities,
-        Resource::Nodes,
-        Resource::Services,
-    ]
-    .map(|resource| {
-        (
-            resource.source_canary_key(&cluster_b),
-            "2026-11-30T00:00:00Z".to_string(),
-        )
-    });
-    write_batched(&rclient, canaries)
+    // Written last, as clustermesh-apiserver does once its lists are in.
+    write_batched(&rclient, fixtures::canaries(&cluster_b, false))
         .await
         .map_err(BenchError::etcd_client("cluster-b"))?;
     let dir = tempfile::tempdir()

@@ -2,16 +2,10 @@
 
 use std::process::Command;
 
+use meshfilter_tests::meshfilter_binary;
+
 fn meshfilter(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_meshfilter"))
-        .args(args)
-        .output()
-        .expect("run meshfilter");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    meshfilter_binary!().run_split(args)
 }
 
 fn cases() -> String {

@@ -11,6 +11,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use meshfilter_cilium::keys::cluster_config_key;
 use meshfilter_cilium::{ClusterName, IpIdentityPair, Resource};
 use meshfilter_etcd::{Backoff, EtcdConfig};
 use meshfilter_filter_runtime::{BuiltinSet, ExportDecision, FilterEngine, FilterRuntime};
@@ -43,7 +44,7 @@ async fn run_async(
     );
     let mut servers = Vec::new();
     for c in &sample.clusters {
-        let server = tokio::task::block_in_place(|| EtcdServer::try_start(&c.name))
+        let server = tokio::task::block_in_place(|| EtcdServer::try_start(c.name.as_str()))
             .map_err(BenchError::fixture(format!("etcd {}", c.name)))?;
         println!("  started etcd for {:<10} at {}", c.name, server.endpoint());
         servers.push(server);
@@ -57,7 +58,7 @@ async fn run_async(
     for (i, (c, server)) in sample.clusters.iter().zip(&servers).enumerate() {
         let client = etcd_client::Client::connect([server.endpoint()], None)
             .await
-            .map_err(BenchError::etcd_client(&c.name))?;
+            .map_err(BenchError::etcd_client(c.name.as_str()))?;
         let cluster_id = i as u32 + 1;
         let (kvs, exported) = export_cluster(c, cluster_id, &runtimes[i])?;
         // One put each: endpoints of one identity write its key again, which one
@@ -66,7 +67,7 @@ async fn run_async(
         for (k, v) in kvs {
             kv.put(k, v, None)
                 .await
-                .map_err(BenchError::etcd_client(&c.name))?;
+                .map_err(BenchError::etcd_client(c.name.as_str()))?;
         }
         exported_counts.push(exported);
         clients.push(client);
@@ -75,12 +76,12 @@ async fn run_async(
     // Consumer side: every cluster mirrors every other through its import hook.
     let cancel = CancellationToken::new();
     let started = Instant::now();
-    let mut handles: Vec<Vec<(String, RemoteStatusHandle)>> = Vec::new();
+    let mut handles: Vec<Vec<(ClusterName, RemoteStatusHandle)>> = Vec::new();
     let mut tasks = Vec::new();
     for (i, c) in sample.clusters.iter().enumerate() {
         let writer = TargetWriter::new(
             clients[i].clone(),
-            &c.name,
+            c.name.as_str(),
             WriterConfig::default(),
             None,
             SyncMetrics::default(),
@@ -92,7 +93,7 @@ async fn run_async(
                 continue;
             }
             let remote = RemoteCluster::new(
-                ClusterName::new(other.name.clone()).map_err(BenchError::cilium)?,
+                other.name.clone(),
                 EtcdConfig::plain([servers[j].endpoint()]),
                 writer.clone(),
                 runtimes[i].clone(),
@@ -137,7 +138,7 @@ async fn run_async(
             full_mesh += sample.clusters[j].endpoints.len();
             let cache = kv
                 .get(
-                    format!("cilium/cache/ip/v1/{remote}/"),
+                    Resource::Endpoints.cache_prefix(remote),
                     Some(
                         etcd_client::GetOptions::new()
                             .with_prefix()
@@ -145,7 +146,7 @@ async fn run_async(
                     ),
                 )
                 .await
-                .map_err(BenchError::etcd_client(&c.name))?
+                .map_err(BenchError::etcd_client(c.name.as_str()))?
                 .count() as usize;
             cached_total += cache;
             let stats = handle.snapshot().endpoints;
@@ -161,9 +162,9 @@ async fn run_async(
             }
         }
         let config = kv
-            .get(format!("cilium/cluster-config/{}", handles[i][0].0), None)
+            .get(cluster_config_key(&handles[i][0].0), None)
             .await
-            .map_err(BenchError::etcd_client(&c.name))?;
+            .map_err(BenchError::etcd_client(c.name.as_str()))?;
         if let Some(kv) = config.kvs().first() {
             println!(
                 "  {:<10}    cluster config for {}: {}",
@@ -195,7 +196,7 @@ fn export_cluster(
 ) -> Result<(Vec<(String, String)>, usize), BenchError> {
     let origin = runtime.local().clone();
     let mut kvs = vec![(
-        format!("cilium/cluster-config/{}", c.name),
+        cluster_config_key(&c.name),
         fixtures::cluster_config(cluster_id, false),
     )];
     println!(
@@ -222,7 +223,7 @@ fn export_cluster(
         let mut labels = labels;
         labels.sort();
         kvs.push((
-            format!("cilium/state/identities/v1/id/{}", ep.identity),
+            Resource::Identities.source_key(&c.name, &ep.identity.to_string()),
             labels.iter().map(|l| format!("{l};")).collect(),
         ));
         if let Some(node) = &ep.node_ip {
@@ -242,7 +243,7 @@ fn export_cluster(
         );
         if let ExportDecision::Sync { scope, .. } = &verdict.decision {
             let ip: IpAddr = ep.ip.parse().map_err(|_| BenchError::Sample {
-                origin: c.name.clone(),
+                origin: c.name.to_string(),
                 message: format!("endpoint ip {:?} is not an IP address", ep.ip),
             })?;
             let mut pair = IpIdentityPair::new(ip);
@@ -253,7 +254,7 @@ fn export_cluster(
             pair.k8s_service_account = ep.service_account.clone().unwrap_or_default();
             pair.sync_scope = Some(scope.to_field_value());
             kvs.push((
-                format!("cilium/state/ip/v1/default/{}", pair.prefix_string()),
+                Resource::Endpoints.source_key(&c.name, &pair.prefix_string()),
                 String::from_utf8(pair.to_json_bytes()).map_err(BenchError::cilium)?,
             ));
             exported += 1;
@@ -264,11 +265,11 @@ fn export_cluster(
         let region = origin.region.clone().unwrap_or_default();
         let zone = origin.zone.clone().unwrap_or_default();
         let value = fixtures::node(
-            &ClusterName::new(c.name.clone()).map_err(BenchError::cilium)?,
+            &c.name,
             cluster_id,
             &name,
             node_ip.parse().map_err(|_| BenchError::Sample {
-                origin: c.name.clone(),
+                origin: c.name.to_string(),
                 message: format!("node ip {node_ip:?} is not an IP address"),
             })?,
             &[
@@ -277,21 +278,10 @@ fn export_cluster(
             ],
             None,
         );
-        kvs.push((format!("cilium/state/nodes/v1/{}/{name}", c.name), value));
+        kvs.push((Resource::Nodes.source_key(&c.name, &name), value));
     }
     println!("  exported {exported} of {}", c.endpoints.len());
     // Written once every list is in, as clustermesh-apiserver does.
-    let cluster = ClusterName::new(c.name.clone()).map_err(BenchError::cilium)?;
-    for resource in [
-        Resource::Endpoints,
-        Resource::Identities,
-        Resource::Nodes,
-        Resource::Services,
-    ] {
-        kvs.push((
-            resource.source_canary_key(&cluster),
-            "2026-11-30T00:00:00Z".to_string(),
-        ));
-    }
+    kvs.extend(fixtures::canaries(&c.name, false));
     Ok((kvs, exported))
 }

@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
+use meshfilter_cilium::ClusterName;
 use meshfilter_filter_runtime::{
     BuiltinSet, EndpointInput, EngineConfig, ExportDecision, FilterEngine, FilterMetrics,
     FilterRuntime, Locality, ModuleSource,
@@ -31,7 +32,8 @@ pub struct Sample {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct SampleCluster {
-    name: String,
+    /// Checked as Cilium checks a cluster name when the sample is read.
+    name: ClusterName,
     zone: Option<String>,
     region: Option<String>,
     /// Namespace name to its annotations.
@@ -212,7 +214,7 @@ fn cluster_runtimes(
         .iter()
         .map(|c| {
             let local = Locality {
-                cluster: c.name.clone(),
+                cluster: c.name.to_string(),
                 zone: c.zone.clone(),
                 region: c.region.clone(),
             };
@@ -274,6 +276,13 @@ mod tests {
             e.contains("cluster a") && e.contains("shop/web-0") && e.contains("\"nope\""),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_cluster_name_cilium_refuses_is_refused() {
+        let e =
+            refused("clusters:\n- name: Prod_EU\n  endpoints: []\n- name: b\n  endpoints: []\n");
+        assert!(e.contains("test.yaml") && e.contains("Prod_EU"), "{e}");
     }
 
     #[test]
